@@ -1,0 +1,81 @@
+//! `firkin`: the sandbox runtime's command line.
+//!
+//! Today it manages the durable state (`firkin state ...`); the daemon (`firkin serve`) and
+//! the sandbox client commands arrive with the E2B layer and the Linux driver.
+
+#![forbid(unsafe_code)]
+
+mod state_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// firkin: a self-hosted sandbox runtime for AI agents, speaking the E2B protocol.
+#[derive(Debug, Parser)]
+#[command(name = "firkin", version, about, long_about = None)]
+struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect and import the daemon's durable state.
+    State {
+        /// State directory (default: /var/lib/firkin for root, else $XDG_STATE_HOME/firkin).
+        #[arg(long, env = "FIRKIN_STATE_DIR", global = true)]
+        state_dir: Option<PathBuf>,
+
+        #[command(subcommand)]
+        command: state_cmd::StateCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FIRKIN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::State { state_dir, command } => {
+            let dir = state_dir.unwrap_or_else(default_state_dir);
+            state_cmd::run(&dir, command, cli.json)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("firkin: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `/var/lib/firkin` for root; otherwise `$XDG_STATE_HOME/firkin`, falling back to
+/// `~/.local/state/firkin`.
+fn default_state_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/lib/firkin");
+    }
+    if let Some(state_home) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(state_home).join("firkin");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/state/firkin")
+}
+
+fn is_root() -> bool {
+    // The owner of /proc/self is the process's effective uid; avoids unsafe `geteuid`.
+    std::fs::metadata("/proc/self")
+        .is_ok_and(|meta| std::os::unix::fs::MetadataExt::uid(&meta) == 0)
+}

@@ -1,0 +1,3 @@
+//! Placeholder until the state benchmark lands.
+
+fn main() {}

@@ -1,0 +1,252 @@
+//! `SingleNodeBackend`: the one entry path to sandboxes on this host.
+//!
+//! Every operation goes through the same gates: ids and inputs validated, the disk floor
+//! (for work that consumes disk), admission, the state machine, the driver, and the durable
+//! state, with a rollback for each failure so that a reservation exists exactly while a record
+//! does. Operations on one sandbox are serialised by a per-sandbox lock; different sandboxes
+//! proceed in parallel.
+
+mod lifecycle;
+mod query;
+mod reconcile;
+mod snapshot;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedMutexGuard};
+
+pub use query::{ListOrder, ListPage, ListQuery};
+pub use reconcile::Reconciliation;
+
+use crate::admission::SingleNodeScheduler;
+use crate::clock::{Clock, SystemClock};
+use crate::config::SingleNodeConfig;
+use crate::disk_guard::DiskPressureGuard;
+use crate::driver::RuntimeDriver;
+use crate::error::{Error, Result};
+use crate::model::{LogEvent, LogLevel};
+use crate::ports::PortRegistry;
+use crate::state::{LogStore, StateStore};
+
+/// The backend facade. Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct SingleNodeBackend {
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    config: SingleNodeConfig,
+    scheduler: SingleNodeScheduler,
+    driver: Arc<dyn RuntimeDriver>,
+    state: StateStore,
+    logs: LogStore,
+    ports: PortRegistry,
+    disk: DiskPressureGuard,
+    clock: Arc<dyn Clock>,
+    sandbox_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Woken whenever a deadline moves earlier, so the reaper need not wait a full tick.
+    pub(crate) deadlines_changed: Notify,
+}
+
+/// Builds a [`SingleNodeBackend`]; every part not given comes from the configuration.
+#[derive(Debug)]
+pub struct SingleNodeBackendBuilder {
+    config: SingleNodeConfig,
+    driver: Arc<dyn RuntimeDriver>,
+    state: Option<StateStore>,
+    disk: Option<DiskPressureGuard>,
+    clock: Option<Arc<dyn Clock>>,
+    ports: Option<PortRegistry>,
+}
+
+impl SingleNodeBackendBuilder {
+    /// Use `state` instead of opening the durable store under the configured root.
+    #[must_use]
+    pub fn state(mut self, state: StateStore) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Use `guard` instead of `statvfs` at the state root.
+    #[must_use]
+    pub fn disk_guard(mut self, guard: DiskPressureGuard) -> Self {
+        self.disk = Some(guard);
+        self
+    }
+
+    /// Use `clock` instead of the system clock.
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Share `ports` with a proxy.
+    #[must_use]
+    pub fn ports(mut self, ports: PortRegistry) -> Self {
+        self.ports = Some(ports);
+        self
+    }
+
+    /// Validate the configuration, open the state, and reconcile it with the driver: re-admit
+    /// and re-adopt live sandboxes, reclaim half-made ones, forget vanished ones, act on
+    /// deadlines that passed while no daemon ran, and clean orphan snapshot artifacts.
+    ///
+    /// # Errors
+    ///
+    /// An invalid configuration, or state that cannot be opened or written.
+    pub async fn build(self) -> Result<SingleNodeBackend> {
+        self.config.validate()?;
+        let state = match self.state {
+            Some(state) => state,
+            None => StateStore::open(self.config.root())?,
+        };
+        let logs = LogStore::new(
+            state.durable().clone(),
+            self.config.max_log_events_per_sandbox,
+        );
+        let backend = SingleNodeBackend {
+            shared: Arc::new(Shared {
+                scheduler: SingleNodeScheduler::new(self.config.scheduler),
+                disk: self
+                    .disk
+                    .unwrap_or_else(|| DiskPressureGuard::from_config(&self.config)),
+                config: self.config,
+                driver: self.driver,
+                state,
+                logs,
+                ports: self.ports.unwrap_or_default(),
+                clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+                sandbox_locks: Mutex::new(HashMap::new()),
+                deadlines_changed: Notify::new(),
+            }),
+        };
+        backend.reconcile_on_start().await?;
+        Ok(backend)
+    }
+}
+
+impl SingleNodeBackend {
+    /// A builder over `config` and `driver`.
+    #[must_use]
+    pub fn builder(
+        config: SingleNodeConfig,
+        driver: Arc<dyn RuntimeDriver>,
+    ) -> SingleNodeBackendBuilder {
+        SingleNodeBackendBuilder {
+            config,
+            driver,
+            state: None,
+            disk: None,
+            clock: None,
+            ports: None,
+        }
+    }
+
+    /// The backend for `config` and `driver` with durable state under the configured root.
+    ///
+    /// # Errors
+    ///
+    /// As [`SingleNodeBackendBuilder::build`].
+    pub async fn open(config: SingleNodeConfig, driver: Arc<dyn RuntimeDriver>) -> Result<Self> {
+        Self::builder(config, driver).build().await
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &SingleNodeConfig {
+        &self.shared.config
+    }
+
+    /// The admission ledger.
+    #[must_use]
+    pub fn scheduler(&self) -> &SingleNodeScheduler {
+        &self.shared.scheduler
+    }
+
+    /// The state store.
+    #[must_use]
+    pub fn state(&self) -> &StateStore {
+        &self.shared.state
+    }
+
+    /// The log store.
+    #[must_use]
+    pub fn logs(&self) -> &LogStore {
+        &self.shared.logs
+    }
+
+    /// The port routes the driver registers and a proxy reads.
+    #[must_use]
+    pub fn ports(&self) -> &PortRegistry {
+        &self.shared.ports
+    }
+
+    /// The driver.
+    #[must_use]
+    pub fn driver(&self) -> &Arc<dyn RuntimeDriver> {
+        &self.shared.driver
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.shared.clock.now_unix_ms()
+    }
+
+    /// `now + timeout`, or the configured default; refuses timeouts past the maximum.
+    fn deadline_after(&self, timeout: Option<Duration>) -> Result<i64> {
+        let timeout = timeout.unwrap_or_else(|| self.shared.config.default_timeout());
+        let max = self.shared.config.max_timeout();
+        if timeout > max {
+            return Err(Error::InvalidRequest(format!(
+                "timeout of {} s is longer than the maximum of {} s",
+                timeout.as_secs(),
+                max.as_secs()
+            )));
+        }
+        let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        Ok(self.now_ms().saturating_add(millis))
+    }
+
+    /// Hold the per-sandbox operation lock for `sandbox_id`.
+    pub(crate) async fn lock_sandbox(&self, sandbox_id: &str) -> OwnedMutexGuard<()> {
+        let lock = self
+            .shared
+            .sandbox_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(sandbox_id.to_owned())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    /// Drop the lock entry of a sandbox that no longer exists.
+    fn forget_lock(&self, sandbox_id: &str) {
+        self.shared
+            .sandbox_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(sandbox_id);
+    }
+
+    /// Append a lifecycle event to a sandbox's log. Logging never fails an operation: a
+    /// write failure is reported through `tracing` instead.
+    fn log(&self, sandbox_id: &str, level: LogLevel, message: String) {
+        let event = LogEvent {
+            seq: 0,
+            timestamp_unix_ms: self.now_ms(),
+            level,
+            source: "single-node".to_owned(),
+            message,
+        };
+        if let Err(error) = self.shared.logs.record_event(sandbox_id, &event) {
+            tracing::warn!(sandbox = sandbox_id, %error, "could not record sandbox log event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,61 @@
+//! firkin-single-node: the one-host sandbox runtime, without the substrate.
+//!
+//! It owns the public model ([`SingleNodeCreateRequest`], [`SandboxSession`] and its state
+//! machine, [`SnapshotRecord`], ...), the host configuration ([`SingleNodeConfig`]),
+//! admission ([`SingleNodeScheduler`]), the disk-floor guard ([`DiskPressureGuard`]), durable
+//! state in SQLite ([`StateStore`], [`DurableStateStore`], [`LogStore`]), port routes
+//! ([`PortRegistry`]), the [`SingleNodeBackend`] facade with its deadline reaper, and the
+//! [`RuntimeDriver`] trait that a substrate (the Linux namespaces driver in `firkin-linux`)
+//! implements.
+//!
+//! It must not own syscalls beyond `statvfs`, mounts, HTTP routes or wire formats: those
+//! belong to the driver crates and to `firkin-e2b`.
+//!
+//! ```no_run
+//! # async fn demo(driver: std::sync::Arc<dyn firkin_single_node::RuntimeDriver>) -> firkin_single_node::Result<()> {
+//! use firkin_single_node::{SingleNodeBackend, SingleNodeConfig, SingleNodeCreateRequest};
+//!
+//! let config = SingleNodeConfig::new("/var/lib/firkin");
+//! let resources = config.default_sandbox_resources;
+//! let backend = SingleNodeBackend::open(config, driver).await?;
+//! let _reaper = backend.spawn_reaper();
+//! let sandbox = backend.create(SingleNodeCreateRequest::new("base", resources)).await?;
+//! backend.delete(sandbox.sandbox_id()).await?;
+//! # Ok(()) }
+//! ```
+
+mod admission;
+mod backend;
+mod clock;
+mod config;
+mod disk_guard;
+mod driver;
+mod error;
+mod id;
+mod model;
+mod ports;
+mod reaper;
+mod state;
+pub mod testing;
+
+pub use admission::SingleNodeScheduler;
+pub use backend::{
+    ListOrder, ListPage, ListQuery, Reconciliation, SingleNodeBackend, SingleNodeBackendBuilder,
+};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{SingleNodeConfig, SingleNodeSchedulerConfig};
+pub use disk_guard::{CachedDiskProbe, DiskPressureGuard, DiskProbe, DiskSpace, StatvfsDiskProbe};
+pub use driver::RuntimeDriver;
+pub use error::{Error, ErrorKind, Result};
+pub use id::{GENERATED_ID_LEN, MAX_ID_LEN, SandboxId};
+pub use model::{
+    CommandOutput, CommandRequest, LogEvent, LogLevel, PortRoute, RuntimeCreatedSandbox,
+    RuntimeHandle, RuntimeSnapshotRef, SandboxResources, SandboxSession, SandboxState,
+    SingleNodeCreateRequest, SnapshotRecord, TemplateMetadata, TimeoutAction,
+};
+pub use ports::PortRegistry;
+pub use reaper::{Reaped, ReaperHandle};
+pub use state::{
+    ActiveSessionRecord, DurableStateStore, ImportSummary, LogStore, StateStore, StoredState,
+    import_seed_dir,
+};
