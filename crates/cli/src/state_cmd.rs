@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
-use firkin_single_node::{LogStore, SingleNodeConfig, StateStore, import_seed_dir};
+use firkin_single_node::{LogStore, SeedState, SingleNodeConfig, StateStore};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum StateCommand {
@@ -68,9 +68,13 @@ pub(crate) fn run(state_dir: &Path, command: StateCommand, json: bool) -> anyhow
             }
         }
         StateCommand::Import { dir } => {
+            // Parse the seed before touching the state directory: a bad seed leaves no trace.
+            let seed =
+                SeedState::read(&dir).with_context(|| format!("import {}", dir.display()))?;
             let state = StateStore::open(state_dir)
                 .with_context(|| format!("open state in {}", state_dir.display()))?;
-            let summary = import_seed_dir(&dir, state.durable(), max_logs)
+            let summary = state
+                .import_seed(&seed, max_logs)
                 .with_context(|| format!("import {}", dir.display()))?;
             if json {
                 println!(

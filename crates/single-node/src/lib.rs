@@ -56,6 +56,6 @@ pub use model::{
 pub use ports::PortRegistry;
 pub use reaper::{Reaped, ReaperHandle};
 pub use state::{
-    ActiveSessionRecord, DurableStateStore, ImportSummary, LogStore, StateStore, StoredState,
-    import_seed_dir,
+    ActiveSessionRecord, DurableStateStore, ImportSummary, LogStore, SeedState, StateStore,
+    StoredState, import_seed_dir,
 };

@@ -90,16 +90,18 @@ impl DurableStateStore {
         let connection = Connection::open(&db_path).map_err(|error| {
             Error::persistence(format!("open state database {}", db_path.display()), error)
         })?;
-        // Tokens live in this file: owner-only, as the seed's clear-text JSON was not.
-        std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o600)).map_err(
-            |error| Error::persistence(format!("restrict {}", db_path.display()), error),
-        )?;
-        Self::prepare(
+        let store = Self::prepare(
             connection,
             Some(root.to_owned()),
             Some(lock),
             &db_path.display().to_string(),
-        )
+        )?;
+        // Tokens live in this file: owner-only, as the seed's clear-text JSON was not. Done
+        // only once the file is known to be ours.
+        std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |error| Error::persistence(format!("restrict {}", db_path.display()), error),
+        )?;
+        Ok(store)
     }
 
     /// A store that lives in memory only (for embedding without persistence, and tests).
@@ -145,21 +147,21 @@ impl DurableStateStore {
                  start with empty state, or restore a backup"
             )));
         }
-        if version == 0 {
-            let foreign: i64 = connection
-                .query_row(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT IN \
-                     ('active_sessions', 'snapshots', 'logs')",
-                    [],
-                    |row| row.get(0),
-                )
-                .map_err(unusable)?;
-            if foreign > 0 {
-                return Err(Error::persistence_msg(format!(
-                    "{label} is an SQLite database but not firkin's state; point the state \
-                     directory elsewhere"
-                )));
-            }
+        // Whatever its user_version says (other programs use 1 too), a database holding tables
+        // that are not ours is not ours: refuse it before changing anything.
+        let foreign: i64 = connection
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT IN \
+                 ('active_sessions', 'snapshots', 'logs') AND name NOT LIKE 'sqlite_%'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(unusable)?;
+        if foreign > 0 {
+            return Err(Error::persistence_msg(format!(
+                "{label} is an SQLite database but not firkin's state; point the state \
+                 directory elsewhere"
+            )));
         }
         connection
             .execute_batch(
@@ -383,7 +385,7 @@ impl DurableStateStore {
 
     /// Write many records and logs in one transaction: all land or none do.
     ///
-    /// Fails without change if any active or snapshot id already exists.
+    /// Fails without change if any active or snapshot id, or any sandbox's log, already exists.
     ///
     /// # Errors
     ///
@@ -434,6 +436,14 @@ impl DurableStateStore {
                 [sandbox_id],
                 |row| row.get(0),
             )?;
+            // Appending an imported history after a live one would interleave two logs (and
+            // importing the same directory twice would double it).
+            if last > 0 {
+                return Err(Error::Conflict(format!(
+                    "sandbox {sandbox_id} already has logs in the state database; nothing was \
+                     imported"
+                )));
+            }
             let skip = events.len().saturating_sub(keep as usize);
             for (offset, event) in events.iter().skip(skip).enumerate() {
                 transaction.execute(
@@ -441,7 +451,7 @@ impl DurableStateStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![
                         sandbox_id,
-                        last + 1 + clamp_i64(offset),
+                        1 + clamp_i64(offset),
                         event.timestamp_unix_ms,
                         event.level.as_str(),
                         event.source,

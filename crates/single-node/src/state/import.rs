@@ -1,5 +1,5 @@
 //! Import of a seed-format state directory (`active.json`, `snapshots.json`, `logs.json`, as
-//! written by firkin-single-node's `FileStateStore`) into the durable store.
+//! written by firkin-single-node's `FileStateStore`) into the state store.
 //!
 //! All three files are parsed and validated before anything is written, and everything is
 //! written in one transaction: a bad file or a clash with existing state changes nothing.
@@ -13,7 +13,7 @@ use crate::model::{
     LogEvent, LogLevel, SandboxResources, SandboxState, SnapshotRecord, TemplateMetadata,
     TimeoutAction,
 };
-use crate::state::{ActiveSessionRecord, DurableStateStore, StoredState};
+use crate::state::{ActiveSessionRecord, StateStore, StoredState};
 
 /// What an import brought in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,59 +66,137 @@ struct SeedLogEvent {
     source: String,
 }
 
-/// Import the seed-format directory `dir` into `durable`, keeping at most
-/// `max_log_events_per_sandbox` of each sandbox's newest log events. Missing files count
-/// as empty, as the seed treats them.
+/// A seed-format state directory, parsed and validated, ready to import.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeedState {
+    /// Converted active records.
+    pub active: Vec<ActiveSessionRecord>,
+    /// Converted snapshot records.
+    pub snapshots: Vec<SnapshotRecord>,
+    /// Log events per sandbox, oldest first, sorted by sandbox id.
+    pub logs: Vec<(String, Vec<LogEvent>)>,
+}
+
+impl SeedState {
+    /// Read and validate `dir`'s `active.json`, `snapshots.json` and `logs.json`. Missing files
+    /// count as empty, as the seed treats them. Reads only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] for a file that does not parse (with its path and the
+    /// position) or an id that firkin cannot serve; [`Error::StatePersistenceFailed`] for a
+    /// read failure.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let active: Vec<SeedActive> = read_seed_file(dir, "active.json")?;
+        let snapshots: Vec<SeedSnapshot> = read_seed_file(dir, "snapshots.json")?;
+        let seed_logs: HashMap<String, Vec<SeedLogEvent>> = read_seed_file(dir, "logs.json")?;
+
+        let active = active
+            .into_iter()
+            .map(convert_active)
+            .collect::<Result<Vec<_>>>()?;
+        let snapshots = snapshots
+            .into_iter()
+            .map(convert_snapshot)
+            .collect::<Result<Vec<_>>>()?;
+        let mut logs = Vec::with_capacity(seed_logs.len());
+        for (sandbox_id, events) in seed_logs {
+            SandboxId::parse(&sandbox_id).map_err(|error| invalid_id("logs.json", &error))?;
+            let events: Vec<LogEvent> = events
+                .into_iter()
+                .map(|event| LogEvent {
+                    seq: 0,
+                    timestamp_unix_ms: event.timestamp_unix_seconds.saturating_mul(1000),
+                    level: LogLevel::Info,
+                    source: event.source,
+                    message: event.message,
+                })
+                .collect();
+            logs.push((sandbox_id, events));
+        }
+        logs.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self {
+            active,
+            snapshots,
+            logs,
+        })
+    }
+
+    /// What importing this would bring in, with at most `max_log_events_per_sandbox` events
+    /// kept per sandbox.
+    #[must_use]
+    pub fn summary(&self, max_log_events_per_sandbox: u32) -> ImportSummary {
+        let keep = max_log_events_per_sandbox.max(1) as usize;
+        ImportSummary {
+            active: self.active.len(),
+            snapshots: self.snapshots.len(),
+            log_events: self
+                .logs
+                .iter()
+                .map(|(_, events)| events.len().min(keep))
+                .sum(),
+        }
+    }
+}
+
+impl StateStore {
+    /// Import `seed` in one transaction, keeping at most `max_log_events_per_sandbox` of each
+    /// sandbox's newest log events; the in-memory view sees the records at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] for an id (or a sandbox's log) already in the store;
+    /// [`Error::StatePersistenceFailed`] for a write failure. Nothing is written then.
+    pub fn import_seed(
+        &self,
+        seed: &SeedState,
+        max_log_events_per_sandbox: u32,
+    ) -> Result<ImportSummary> {
+        let keep = max_log_events_per_sandbox.max(1);
+        let stored = StoredState {
+            active: seed.active.clone(),
+            snapshots: seed.snapshots.clone(),
+        };
+        self.with_records(|records| {
+            if let Some(record) = seed
+                .active
+                .iter()
+                .find(|r| records.active.contains_key(&r.sandbox_id))
+            {
+                return Err(Error::Conflict(format!(
+                    "sandbox {} is already in the state database; nothing was imported",
+                    record.sandbox_id
+                )));
+            }
+            self.durable().import(&stored, &seed.logs, keep)?;
+            for record in &seed.active {
+                records
+                    .active
+                    .insert(record.sandbox_id.clone(), record.clone());
+            }
+            for record in &seed.snapshots {
+                records
+                    .snapshots
+                    .insert(record.snapshot_id.clone(), record.clone());
+            }
+            Ok(())
+        })?;
+        Ok(seed.summary(keep))
+    }
+}
+
+/// Read the seed-format directory `dir` and import it into `state` (see [`SeedState::read`]
+/// and [`StateStore::import_seed`]). All or nothing.
 ///
 /// # Errors
 ///
-/// [`Error::InvalidRequest`] for a file that does not parse (with its path and the position)
-/// or an id that firkin cannot serve; [`Error::Conflict`] for an id already in the store;
-/// [`Error::StatePersistenceFailed`] for a read or write failure. Nothing is written then.
+/// As [`SeedState::read`] and [`StateStore::import_seed`].
 pub fn import_seed_dir(
     dir: &Path,
-    durable: &DurableStateStore,
+    state: &StateStore,
     max_log_events_per_sandbox: u32,
 ) -> Result<ImportSummary> {
-    let active: Vec<SeedActive> = read_seed_file(dir, "active.json")?;
-    let snapshots: Vec<SeedSnapshot> = read_seed_file(dir, "snapshots.json")?;
-    let seed_logs: HashMap<String, Vec<SeedLogEvent>> = read_seed_file(dir, "logs.json")?;
-
-    let active = active
-        .into_iter()
-        .map(convert_active)
-        .collect::<Result<Vec<_>>>()?;
-    let snapshots = snapshots
-        .into_iter()
-        .map(convert_snapshot)
-        .collect::<Result<Vec<_>>>()?;
-    let mut log_batches = Vec::with_capacity(seed_logs.len());
-    for (sandbox_id, events) in seed_logs {
-        SandboxId::parse(&sandbox_id).map_err(|error| invalid_id("logs.json", &error))?;
-        let events: Vec<LogEvent> = events
-            .into_iter()
-            .map(|event| LogEvent {
-                seq: 0,
-                timestamp_unix_ms: event.timestamp_unix_seconds.saturating_mul(1000),
-                level: LogLevel::Info,
-                source: event.source,
-                message: event.message,
-            })
-            .collect();
-        log_batches.push((sandbox_id, events));
-    }
-    log_batches.sort_by(|a, b| a.0.cmp(&b.0));
-    let keep = max_log_events_per_sandbox.max(1);
-    let summary = ImportSummary {
-        active: active.len(),
-        snapshots: snapshots.len(),
-        log_events: log_batches
-            .iter()
-            .map(|(_, events)| events.len().min(keep as usize))
-            .sum(),
-    };
-    durable.import(&StoredState { active, snapshots }, &log_batches, keep)?;
-    Ok(summary)
+    state.import_seed(&SeedState::read(dir)?, max_log_events_per_sandbox)
 }
 
 fn read_seed_file<T: serde::de::DeserializeOwned + Default>(dir: &Path, name: &str) -> Result<T> {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use durable::{DurableStateStore, StoredState};
-pub use import::{ImportSummary, import_seed_dir};
+pub use import::{ImportSummary, SeedState, import_seed_dir};
 pub use logs::LogStore;
 
 use crate::error::{Error, Result};
@@ -324,6 +324,12 @@ impl StateStore {
         }
         delete_unreferenced_files(&artifacts, &referenced)?;
         Ok(self.load_snapshots())
+    }
+
+    /// Run `change` on the records under the state lock (for multi-record operations such as
+    /// imports, which must commit before they touch memory).
+    fn with_records<T>(&self, change: impl FnOnce(&mut Records) -> Result<T>) -> Result<T> {
+        change(&mut self.lock())
     }
 
     fn lock(&self) -> MutexGuard<'_, Records> {
