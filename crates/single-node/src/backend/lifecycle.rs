@@ -154,13 +154,12 @@ impl SingleNodeBackend {
         self.forget(id);
     }
 
-    /// Remove a sandbox's record and reservation (and lock entry). If the record cannot be
+    /// Remove a sandbox's record and reservation. If the record cannot be
     /// removed, it is marked failed and keeps its reservation.
     fn forget(&self, id: &str) {
         match self.shared.state.remove_active(id) {
             Ok(_) => {
                 self.shared.scheduler.release(id);
-                self.forget_lock(id);
             }
             Err(error) => {
                 tracing::error!(sandbox = id, %error, "could not remove sandbox record");
@@ -218,7 +217,6 @@ impl SingleNodeBackend {
         }
         self.shared.state.remove_active(sandbox_id)?;
         self.shared.scheduler.release(sandbox_id);
-        self.forget_lock(sandbox_id);
         Ok(())
     }
 

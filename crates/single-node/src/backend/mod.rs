@@ -210,8 +210,8 @@ impl SingleNodeBackend {
         Ok(self.now_ms().saturating_add(millis))
     }
 
-    /// Hold the per-sandbox operation lock for `sandbox_id`.
-    pub(crate) async fn lock_sandbox(&self, sandbox_id: &str) -> OwnedMutexGuard<()> {
+    /// Hold the per-sandbox operation lock for `sandbox_id` until the guard drops.
+    pub(crate) async fn lock_sandbox(&self, sandbox_id: &str) -> SandboxGuard {
         let lock = self
             .shared
             .sandbox_locks
@@ -220,16 +220,13 @@ impl SingleNodeBackend {
             .entry(sandbox_id.to_owned())
             .or_default()
             .clone();
-        lock.lock_owned().await
-    }
-
-    /// Drop the lock entry of a sandbox that no longer exists.
-    fn forget_lock(&self, sandbox_id: &str) {
-        self.shared
-            .sandbox_locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(sandbox_id);
+        let guard = Arc::clone(&lock).lock_owned().await;
+        SandboxGuard {
+            shared: Arc::clone(&self.shared),
+            sandbox_id: sandbox_id.to_owned(),
+            lock,
+            guard: Some(guard),
+        }
     }
 
     /// Append a lifecycle event to a sandbox's log. Logging never fails an operation: a
@@ -245,6 +242,42 @@ impl SingleNodeBackend {
         if let Err(error) = self.shared.logs.record_event(sandbox_id, &event) {
             tracing::warn!(sandbox = sandbox_id, %error, "could not record sandbox log event");
         }
+    }
+}
+
+/// The per-sandbox operation lock, held. On drop it also removes the lock's map entry when
+/// nobody else holds or awaits that lock and the sandbox no longer exists: removing an entry
+/// that others still wait on would let a later arrival take a fresh lock and run beside them.
+pub(crate) struct SandboxGuard {
+    shared: Arc<Shared>,
+    sandbox_id: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for SandboxGuard {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut locks = self
+            .shared
+            .sandbox_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let unused = locks.get(&self.sandbox_id).is_some_and(|entry| {
+            // Two references: the map's and ours. Waiters hold clones, so they count too.
+            Arc::ptr_eq(entry, &self.lock) && Arc::strong_count(entry) == 2
+        });
+        if unused && self.shared.state.get_active(&self.sandbox_id).is_none() {
+            locks.remove(&self.sandbox_id);
+        }
+    }
+}
+
+impl std::fmt::Debug for SandboxGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxGuard")
+            .field("sandbox_id", &self.sandbox_id)
+            .finish_non_exhaustive()
     }
 }
 

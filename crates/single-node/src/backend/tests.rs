@@ -673,3 +673,18 @@ async fn an_invalid_configuration_is_refused() {
         .unwrap_err();
     assert!(error.to_string().contains("max_log_events_per_sandbox"));
 }
+
+#[tokio::test]
+async fn per_sandbox_locks_do_not_outlive_their_sandboxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(dir.path()).await;
+    let lock_entries = || h.backend.shared.sandbox_locks.lock().unwrap().len();
+    h.backend.create(request("one")).await.unwrap();
+    h.backend.pause("one").await.unwrap();
+    assert_eq!(lock_entries(), 1, "a live sandbox keeps its lock");
+    h.backend.delete("one").await.unwrap();
+    h.backend.pause("nope").await.unwrap_err();
+    h.driver.fail(FakeOp::Create, 1);
+    h.backend.create(request("two")).await.unwrap_err();
+    assert_eq!(lock_entries(), 0);
+}
