@@ -688,3 +688,80 @@ async fn per_sandbox_locks_do_not_outlive_their_sandboxes() {
     h.backend.create(request("two")).await.unwrap_err();
     assert_eq!(lock_entries(), 0);
 }
+
+#[tokio::test]
+async fn failed_commits_roll_back_pause_resume_and_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(dir.path()).await;
+    h.backend.create(request("one")).await.unwrap();
+    let durable = h.backend.state().durable().clone();
+
+    durable.set_query_only(true);
+    let error = h.backend.pause("one").await.unwrap_err();
+    assert!(
+        matches!(error, Error::StatePersistenceFailed { .. }),
+        "{error}"
+    );
+    assert!(!h.driver.is_paused("one"), "the freeze was undone");
+    let error = h.backend.snapshot("one", Some("s")).await.unwrap_err();
+    assert!(
+        matches!(error, Error::StatePersistenceFailed { .. }),
+        "{error}"
+    );
+    assert!(
+        h.driver.snapshot_ids().is_empty(),
+        "the artifacts were removed"
+    );
+    durable.set_query_only(false);
+
+    h.backend.pause("one").await.unwrap();
+    durable.set_query_only(true);
+    h.backend.resume("one", None).await.unwrap_err();
+    assert!(h.driver.is_paused("one"), "the thaw was undone");
+    durable.set_query_only(false);
+    assert_eq!(h.backend.get("one").unwrap().state(), SandboxState::Paused);
+    assert_consistent(&h);
+}
+
+#[tokio::test]
+async fn a_create_whose_commit_fails_tears_down_and_leaves_a_record_for_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(dir.path()).await;
+    let durable = h.backend.state().durable().clone();
+    // Commits fail from before the create: nothing at all may remain.
+    durable.set_query_only(true);
+    h.backend.create(request("early")).await.unwrap_err();
+    durable.set_query_only(false);
+    assert!(h.backend.get("early").is_err());
+    assert_consistent(&h);
+
+    // Commits fail after the driver built it: it is torn down; the `Creating` record that
+    // could not be removed keeps its reservation, and a restart reclaims it.
+    h.driver.set_delay(Some(Duration::from_millis(400)));
+    let backend = h.backend.clone();
+    let create = tokio::spawn(async move { backend.create(request("late")).await });
+    // Well inside the driver's 400 ms: the `Creating` record is long written.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    durable.set_query_only(true);
+    let error = create.await.unwrap().unwrap_err();
+    assert!(
+        matches!(error, Error::StatePersistenceFailed { .. }),
+        "{error}"
+    );
+    assert!(
+        h.driver.live().is_empty(),
+        "the driver's sandbox was torn down"
+    );
+    assert!(h.backend.scheduler().is_admitted("late"));
+    durable.set_query_only(false);
+    h.driver.set_delay(None);
+    let Harness {
+        backend,
+        driver,
+        clock,
+    } = h;
+    drop((backend, durable));
+    let backend = open(dir.path(), &driver, &clock).await;
+    assert!(backend.get("late").is_err(), "reclaimed at restart");
+    assert_eq!(backend.scheduler().admitted_len(), 0);
+}

@@ -464,6 +464,14 @@ impl DurableStateStore {
         Ok(())
     }
 
+    /// Make every later write fail (or work again), to test the rollback of failed commits.
+    #[cfg(test)]
+    pub(crate) fn set_query_only(&self, on: bool) {
+        self.connection()
+            .pragma_update(None, "query_only", on)
+            .expect("query_only is a connection setting");
+    }
+
     fn connection(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the connection cannot leave SQLite half-written: an open
         // transaction is rolled back when its guard drops. So a poisoned lock is still usable.
