@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     sandbox_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Woken whenever a deadline moves earlier, so the reaper need not wait a full tick.
     pub(crate) deadlines_changed: Notify,
+    /// What the startup reconciliation did.
+    reconciliation: Mutex<Reconciliation>,
 }
 
 /// Builds a [`SingleNodeBackend`]; every part not given comes from the configuration.
@@ -122,9 +124,15 @@ impl SingleNodeBackendBuilder {
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 sandbox_locks: Mutex::new(HashMap::new()),
                 deadlines_changed: Notify::new(),
+                reconciliation: Mutex::new(Reconciliation::default()),
             }),
         };
-        backend.reconcile_on_start().await?;
+        let report = backend.reconcile_on_start().await?;
+        *backend
+            .shared
+            .reconciliation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = report;
         Ok(backend)
     }
 }
@@ -183,6 +191,16 @@ impl SingleNodeBackend {
     #[must_use]
     pub fn ports(&self) -> &PortRegistry {
         &self.shared.ports
+    }
+
+    /// What the startup reconciliation found and did (for the daemon's start-up report).
+    #[must_use]
+    pub fn startup_reconciliation(&self) -> Reconciliation {
+        self.shared
+            .reconciliation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The driver.

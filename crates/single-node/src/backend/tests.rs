@@ -29,7 +29,16 @@ fn config(dir: &Path) -> SingleNodeConfig {
 }
 
 async fn open(dir: &Path, driver: &FakeDriver, clock: &ManualClock) -> SingleNodeBackend {
-    SingleNodeBackend::builder(config(dir), Arc::new(driver.clone()))
+    open_with(config(dir), driver, clock).await
+}
+
+async fn open_with(
+    config: SingleNodeConfig,
+    driver: &FakeDriver,
+    clock: &ManualClock,
+) -> SingleNodeBackend {
+    let dir = config.root().to_owned();
+    SingleNodeBackend::builder(config, Arc::new(driver.clone()))
         .disk_guard(DiskPressureGuard::with_probe(
             dir,
             0,
@@ -418,17 +427,7 @@ async fn the_spawned_reaper_acts_without_being_asked() {
     let mut config = config(dir.path());
     config.reaper_interval_ms = 5;
     drop(h.backend);
-    h.backend = SingleNodeBackend::builder(config, Arc::new(h.driver.clone()))
-        .disk_guard(DiskPressureGuard::with_probe(
-            dir.path(),
-            0,
-            0,
-            Arc::new(StatvfsDiskProbe),
-        ))
-        .clock(Arc::new(h.clock.clone()))
-        .build()
-        .await
-        .unwrap();
+    h.backend = open_with(config, &h.driver, &h.clock).await;
     let _reaper = h.backend.spawn_reaper();
     h.backend
         .create(request("one").with_timeout(Duration::from_secs(1)))
@@ -455,17 +454,7 @@ async fn list_filters_orders_and_pages_stably() {
     let mut config = config(dir.path());
     config.scheduler = SingleNodeSchedulerConfig::new(10, SandboxResources::from_mib(20, 8192));
     drop(h.backend);
-    h.backend = SingleNodeBackend::builder(config, Arc::new(h.driver.clone()))
-        .disk_guard(DiskPressureGuard::with_probe(
-            dir.path(),
-            0,
-            0,
-            Arc::new(StatvfsDiskProbe),
-        ))
-        .clock(Arc::new(h.clock.clone()))
-        .build()
-        .await
-        .unwrap();
+    h.backend = open_with(config, &h.driver, &h.clock).await;
     for (i, id) in ["a1", "a2", "a3", "a4", "a5"].iter().enumerate() {
         let mut metadata = BTreeMap::new();
         metadata.insert(
@@ -609,6 +598,15 @@ async fn a_restart_re_adopts_live_sandboxes_and_reclaims_the_rest() {
         driver,
         clock,
     };
+    let report = h.backend.startup_reconciliation();
+    assert_eq!(
+        report.adopted,
+        ["expiring", "paused"],
+        "adopted, then reaped"
+    );
+    assert_eq!(report.reclaimed, ["halfmade"]);
+    assert_eq!(report.vanished, ["running"]);
+    assert!(report.failed.is_empty());
     assert!(matches!(
         h.backend.get("running"),
         Err(Error::SandboxNotFound(_))
