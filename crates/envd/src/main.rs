@@ -1,0 +1,75 @@
+//! `firkin-envd`: run the agent, in a sandbox (as its PID 1) or standalone on a host.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use firkin_envd::state::{Envd, Settings};
+use firkin_envd::users::UserDb;
+
+/// The agent inside every firkin sandbox, speaking E2B's envd protocol.
+#[derive(Debug, Parser)]
+#[command(name = "firkin-envd", version, about)]
+struct Args {
+    /// Address to serve on.
+    #[arg(long, default_value = "0.0.0.0:49983", env = "FIRKIN_ENVD_LISTEN")]
+    listen: SocketAddr,
+    /// Token every request must carry in X-Access-Token (default: none).
+    #[arg(long, env = "FIRKIN_ENVD_ACCESS_TOKEN")]
+    access_token: Option<String>,
+    /// User for requests that name none (default: `user` when it exists, else root).
+    #[arg(long)]
+    default_user: Option<String>,
+    /// Working directory for processes that name none (default: the user's home).
+    #[arg(long)]
+    workdir: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FIRKIN_ENVD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let users = UserDb::default();
+    let default_user = args
+        .default_user
+        .unwrap_or_else(|| if users.exists("user") { "user" } else { "root" }.to_owned());
+    let settings = Settings {
+        access_token: args.access_token,
+        default_user,
+        default_workdir: args.workdir,
+        envs: Default::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listen on {}", args.listen))?;
+        let envd = Envd::new(settings, users);
+        firkin_envd::server::serve(listener, envd, shutdown_signal())
+            .await
+            .context("serve")
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,531 @@
+//! Process supervision: start commands (with pipes or a PTY) as a user, fan their output out
+//! to every attached stream, feed them input, signal them, and report how they ended.
+//!
+//! Every process gets its own process group (or session, with a PTY), and signals go to the
+//! whole group, so killing a `bash -c` command kills what it started too.
+
+mod pty;
+pub mod service;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::ChildStdin;
+use tokio::sync::mpsc;
+
+use crate::sys::ChildSetup;
+use crate::users::User;
+
+/// Output chunk size: one read, one event.
+const CHUNK: usize = 32 * 1024;
+/// Events buffered per attached stream before the process's output waits for the client.
+const STREAM_BUFFER: usize = 64;
+/// After the process exits, how long output from what it left behind (holding its pipes)
+/// is still collected before the end is reported.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+
+/// One output pipe of a process and the kind of chunk it yields.
+type OutputPipe = (Box<dyn AsyncRead + Send + Unpin>, fn(Vec<u8>) -> Output);
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct StartSpec {
+    /// Program.
+    pub cmd: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// The complete environment.
+    pub envs: BTreeMap<String, String>,
+    /// Working directory (must exist).
+    pub cwd: PathBuf,
+    /// Who runs it.
+    pub user: User,
+    /// Tag clients can select it by.
+    pub tag: Option<String>,
+    /// Whether stdin is a pipe clients can write to (else `/dev/null`).
+    pub stdin: bool,
+    /// A terminal of (cols, rows) instead of pipes.
+    pub pty: Option<(u16, u16)>,
+    /// Killed at this instant (the Start call's deadline).
+    pub kill_at: Option<Instant>,
+}
+
+/// One output chunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// From stdout.
+    Stdout(Vec<u8>),
+    /// From stderr.
+    Stderr(Vec<u8>),
+    /// From the terminal.
+    Pty(Vec<u8>),
+}
+
+/// How a process ended, as E2B reports it (Go's `ProcessState` conventions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// Exit code, or -1 when killed by a signal.
+    pub exit_code: i32,
+    /// Whether it exited (rather than being killed by a signal).
+    pub exited: bool,
+    /// `exit status N` or `signal: killed`.
+    pub status: String,
+    /// A supervision error, if any.
+    pub error: Option<String>,
+}
+
+/// What attached streams receive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Output.
+    Data(Output),
+    /// The end; nothing follows.
+    End(ExitInfo),
+}
+
+/// Why an operation on a process failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// No such process (or it has ended).
+    #[error("process {0} not found")]
+    NotFound(String),
+    /// The process cannot take this (no stdin, no terminal, stdin closed).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The command could not be started.
+    #[error("failed to start {cmd:?}")]
+    Spawn {
+        /// The program.
+        cmd: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing input or signalling failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A supervised process.
+#[derive(Debug)]
+pub struct ProcessHandle {
+    pid: u32,
+    spec: StartSpec,
+    input: tokio::sync::Mutex<Input>,
+    terminal: Option<Arc<pty::AsyncPty>>,
+    streams: Mutex<Streams>,
+}
+
+#[derive(Debug)]
+enum Input {
+    Pipe(ChildStdin),
+    Terminal(Arc<pty::AsyncPty>),
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Streams {
+    attached: Vec<mpsc::Sender<Event>>,
+    ended: bool,
+}
+
+impl ProcessHandle {
+    /// Its pid.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// What it was started with.
+    #[must_use]
+    pub fn spec(&self) -> &StartSpec {
+        &self.spec
+    }
+
+    /// Attach a stream to its live output; `None` once it has ended.
+    pub fn attach(&self) -> Option<mpsc::Receiver<Event>> {
+        let mut streams = lock(&self.streams);
+        if streams.ended {
+            return None;
+        }
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        streams.attached.push(sender);
+        Some(receiver)
+    }
+
+    /// Write to its stdin (`pty == false`) or its terminal (`pty == true`).
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Unsupported`] when that input does not exist or is closed.
+    pub async fn write_input(&self, data: &[u8], pty: bool) -> Result<(), ProcessError> {
+        let mut input = self.input.lock().await;
+        let result = match (&mut *input, pty) {
+            (Input::Pipe(stdin), false) => stdin.write_all(data).await,
+            (Input::Terminal(terminal), true) => terminal.write_all(data).await,
+            (Input::Closed, _) => {
+                return Err(ProcessError::Unsupported(format!(
+                    "stdin of process {} is closed",
+                    self.pid
+                )));
+            }
+            (_, true) => {
+                return Err(ProcessError::Unsupported(format!(
+                    "process {} has no terminal",
+                    self.pid
+                )));
+            }
+            (_, false) => {
+                return Err(ProcessError::Unsupported(format!(
+                    "process {} reads from a terminal: send pty input",
+                    self.pid
+                )));
+            }
+        };
+        result.map_err(|source| ProcessError::Io {
+            what: format!("write input to process {}", self.pid),
+            source,
+        })
+    }
+
+    /// Close stdin: the process reads end-of-file.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Unsupported`] for a terminal process or one started without stdin.
+    pub async fn close_stdin(&self) -> Result<(), ProcessError> {
+        let mut input = self.input.lock().await;
+        match &*input {
+            Input::Pipe(_) => {
+                *input = Input::Closed;
+                Ok(())
+            }
+            Input::Closed => Ok(()),
+            Input::Terminal(_) => Err(ProcessError::Unsupported(format!(
+                "process {} reads from a terminal; send Ctrl-D as input instead",
+                self.pid
+            ))),
+        }
+    }
+
+    /// Send `signal` to its process group.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Io`] when the signal cannot be delivered for another reason than the
+    /// group being gone.
+    pub fn signal(&self, signal: rustix::process::Signal) -> Result<(), ProcessError> {
+        let Some(group) = rustix::process::Pid::from_raw(self.pid as i32) else {
+            return Ok(());
+        };
+        match rustix::process::kill_process_group(group, signal) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(errno) => Err(ProcessError::Io {
+                what: format!("signal process {}", self.pid),
+                source: errno.into(),
+            }),
+        }
+    }
+
+    /// Resize its terminal.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Unsupported`] without a terminal.
+    pub fn resize(&self, cols: u16, rows: u16) -> Result<(), ProcessError> {
+        let terminal = self.terminal.as_ref().ok_or_else(|| {
+            ProcessError::Unsupported(format!("process {} has no terminal", self.pid))
+        })?;
+        pty::resize(terminal.as_fd(), cols, rows).map_err(|source| ProcessError::Io {
+            what: format!("resize the terminal of process {}", self.pid),
+            source,
+        })
+    }
+
+    async fn publish(&self, event: Event) {
+        let attached = {
+            let mut streams = lock(&self.streams);
+            if matches!(event, Event::End(_)) {
+                streams.ended = true;
+                std::mem::take(&mut streams.attached)
+            } else {
+                streams.attached.clone()
+            }
+        };
+        let mut gone = false;
+        for stream in &attached {
+            // A stream that falls behind holds the process's output back (no event is ever
+            // dropped); a stream whose client left is skipped.
+            gone |= stream.send(event.clone()).await.is_err();
+        }
+        if gone {
+            lock(&self.streams)
+                .attached
+                .retain(|stream| !stream.is_closed());
+        }
+    }
+}
+
+/// All supervised processes, by pid.
+#[derive(Debug, Default)]
+pub struct Supervisor {
+    processes: Arc<Mutex<HashMap<u32, Arc<ProcessHandle>>>>,
+}
+
+impl Supervisor {
+    /// Start `spec`; returns the process and a stream attached before any output was read.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Spawn`] when the program cannot be started.
+    pub fn start(
+        &self,
+        spec: StartSpec,
+    ) -> Result<(Arc<ProcessHandle>, mpsc::Receiver<Event>), ProcessError> {
+        let spawn_error = |source| ProcessError::Spawn {
+            cmd: spec.cmd.clone(),
+            source,
+        };
+        let mut command = tokio::process::Command::new(&spec.cmd);
+        command
+            .args(&spec.args)
+            .env_clear()
+            .envs(&spec.envs)
+            .current_dir(&spec.cwd)
+            .kill_on_drop(false);
+        let mut setup = ChildSetup::for_user(&spec.user);
+        let terminal = match spec.pty {
+            Some((cols, rows)) => {
+                let pair = pty::open(cols, rows).map_err(spawn_error)?;
+                let stdio = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
+                command
+                    .stdin(stdio(&pair.slave).map_err(spawn_error)?)
+                    .stdout(stdio(&pair.slave).map_err(spawn_error)?)
+                    .stderr(stdio(&pair.slave).map_err(spawn_error)?);
+                // A new session whose controlling terminal is the PTY (stdin by then).
+                setup.controlling_tty = Some(0);
+                Some(Arc::new(
+                    pty::AsyncPty::new(pair.master).map_err(spawn_error)?,
+                ))
+            }
+            None => {
+                command
+                    .stdin(if spec.stdin {
+                        Stdio::piped()
+                    } else {
+                        Stdio::null()
+                    })
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .process_group(0);
+                None
+            }
+        };
+        setup.install(&mut command);
+        let mut child = command.spawn().map_err(spawn_error)?;
+        // The command (and the slave fds it held) must go now: the terminal reports its end
+        // only once no slave fd is open.
+        drop(command);
+        let pid = child.id().unwrap_or_default();
+        let input = match (&terminal, child.stdin.take()) {
+            (Some(terminal), _) => Input::Terminal(Arc::clone(terminal)),
+            (None, Some(stdin)) => Input::Pipe(stdin),
+            (None, None) => Input::Closed,
+        };
+        let outputs: Vec<OutputPipe> = match &terminal {
+            Some(_) => Vec::new(),
+            None => {
+                let mut outputs: Vec<OutputPipe> = Vec::new();
+                if let Some(stdout) = child.stdout.take() {
+                    outputs.push((Box::new(stdout), Output::Stdout));
+                }
+                if let Some(stderr) = child.stderr.take() {
+                    outputs.push((Box::new(stderr), Output::Stderr));
+                }
+                outputs
+            }
+        };
+        let kill_at = spec.kill_at;
+        let handle = Arc::new(ProcessHandle {
+            pid,
+            spec,
+            input: tokio::sync::Mutex::new(input),
+            terminal: terminal.clone(),
+            streams: Mutex::new(Streams::default()),
+        });
+        let first = handle.attach().expect("a new process has not ended");
+        lock(&self.processes).insert(pid, Arc::clone(&handle));
+
+        let processes = Arc::clone(&self.processes);
+        let supervised = Arc::clone(&handle);
+        tokio::spawn(async move {
+            let readers = tokio::spawn(pump_output(Arc::clone(&supervised), outputs, terminal));
+            let status = match kill_at {
+                Some(deadline) => {
+                    tokio::select! {
+                        status = child.wait() => status,
+                        () = tokio::time::sleep_until(deadline.into()) => {
+                            let _ = supervised.signal(rustix::process::Signal::KILL);
+                            child.wait().await
+                        }
+                    }
+                }
+                None => child.wait().await,
+            };
+            // Output the process wrote before it exited is in its pipes: collect it, but do
+            // not wait for children that outlive it and keep the pipes open.
+            if tokio::time::timeout(DRAIN_AFTER_EXIT, readers)
+                .await
+                .is_err()
+            {
+                tracing::debug!(
+                    pid,
+                    "process exited; what it left running still holds its output"
+                );
+            }
+            let end = exit_info(status);
+            lock(&processes).remove(&supervised.pid);
+            supervised.publish(Event::End(end)).await;
+        });
+        Ok((handle, first))
+    }
+
+    /// The process with `pid`.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::NotFound`].
+    pub fn by_pid(&self, pid: u32) -> Result<Arc<ProcessHandle>, ProcessError> {
+        lock(&self.processes)
+            .get(&pid)
+            .cloned()
+            .ok_or_else(|| ProcessError::NotFound(format!("with pid {pid}")))
+    }
+
+    /// The oldest running process tagged `tag`.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::NotFound`].
+    pub fn by_tag(&self, tag: &str) -> Result<Arc<ProcessHandle>, ProcessError> {
+        lock(&self.processes)
+            .values()
+            .filter(|process| process.spec.tag.as_deref() == Some(tag))
+            .min_by_key(|process| process.pid)
+            .cloned()
+            .ok_or_else(|| ProcessError::NotFound(format!("with tag {tag:?}")))
+    }
+
+    /// Every running process, by pid.
+    #[must_use]
+    pub fn list(&self) -> Vec<Arc<ProcessHandle>> {
+        let mut all: Vec<_> = lock(&self.processes).values().cloned().collect();
+        all.sort_by_key(|process| process.pid);
+        all
+    }
+}
+
+async fn pump_output(
+    handle: Arc<ProcessHandle>,
+    outputs: Vec<OutputPipe>,
+    terminal: Option<Arc<pty::AsyncPty>>,
+) {
+    if let Some(terminal) = terminal {
+        let mut buf = vec![0_u8; CHUNK];
+        while let Ok(n) = terminal.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            handle
+                .publish(Event::Data(Output::Pty(buf[..n].to_vec())))
+                .await;
+        }
+        return;
+    }
+    let readers = outputs.into_iter().map(|(mut reader, wrap)| {
+        let handle = Arc::clone(&handle);
+        async move {
+            let mut buf = vec![0_u8; CHUNK];
+            while let Ok(n) = reader.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                handle.publish(Event::Data(wrap(buf[..n].to_vec()))).await;
+            }
+        }
+    });
+    futures::future::join_all(readers).await;
+}
+
+fn exit_info(status: std::io::Result<std::process::ExitStatus>) -> ExitInfo {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => ExitInfo {
+                exit_code: code,
+                exited: true,
+                status: format!("exit status {code}"),
+                error: None,
+            },
+            (None, Some(signal)) => ExitInfo {
+                exit_code: -1,
+                exited: false,
+                status: format!("signal: {}", signal_name(signal)),
+                error: None,
+            },
+            (None, None) => ExitInfo {
+                exit_code: -1,
+                exited: false,
+                status: "unknown".to_owned(),
+                error: None,
+            },
+        },
+        Err(wait_error) => ExitInfo {
+            exit_code: -1,
+            exited: false,
+            status: "unknown".to_owned(),
+            error: Some(format!("wait for the process: {wait_error}")),
+        },
+    }
+}
+
+/// Signal descriptions as Go prints them (`signal: killed`), which is what E2B clients show.
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "hangup",
+        libc::SIGINT => "interrupt",
+        libc::SIGQUIT => "quit",
+        libc::SIGILL => "illegal instruction",
+        libc::SIGTRAP => "trace/breakpoint trap",
+        libc::SIGABRT => "aborted",
+        libc::SIGBUS => "bus error",
+        libc::SIGFPE => "floating point exception",
+        libc::SIGKILL => "killed",
+        libc::SIGUSR1 => "user defined signal 1",
+        libc::SIGSEGV => "segmentation fault",
+        libc::SIGUSR2 => "user defined signal 2",
+        libc::SIGPIPE => "broken pipe",
+        libc::SIGALRM => "alarm clock",
+        libc::SIGTERM => "terminated",
+        other => return format!("signal {other}"),
+    };
+    name.to_owned()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a plain collection update: poison carries no meaning.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

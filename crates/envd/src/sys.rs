@@ -1,0 +1,76 @@
+//! The raw system calls envd needs that safe crates do not wrap for use between `fork` and
+//! `exec`. Everything `unsafe` in envd is in this file.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::users::User;
+
+/// Identity and terminal settings applied in the child between `fork` and `exec`.
+#[derive(Clone, Debug)]
+pub struct ChildSetup {
+    /// Switch to this user's uid, gid and groups (`None`: keep envd's).
+    pub identity: Option<(u32, u32, Vec<libc::gid_t>)>,
+    /// Start a new session and make this fd (a PTY's slave side) its controlling terminal.
+    pub controlling_tty: Option<RawFd>,
+}
+
+impl ChildSetup {
+    /// Run the command as `user` (only possible, and only needed, when envd's uid differs).
+    #[must_use]
+    pub fn for_user(user: &User) -> Self {
+        let current = rustix::process::geteuid().as_raw();
+        let identity = (current != user.uid).then(|| {
+            let groups = std::iter::once(user.gid)
+                .chain(user.groups.iter().copied())
+                .collect();
+            (user.uid, user.gid, groups)
+        });
+        Self {
+            identity,
+            controlling_tty: None,
+        }
+    }
+
+    /// Install this setup as `command`'s pre-exec hook.
+    pub fn install(self, command: &mut tokio::process::Command) {
+        // SAFETY: the closure runs in the child between fork and exec, where only
+        // async-signal-safe functions may be called. It calls only setsid, ioctl, setgroups,
+        // setgid and setuid (all async-signal-safe system calls), reads data captured by
+        // value before the fork (no allocation, no locks), and reports failure through
+        // `io::Error::last_os_error`, which only reads errno.
+        unsafe {
+            command.pre_exec(move || self.apply_in_child());
+        }
+    }
+
+    /// Runs in the forked child: see the SAFETY note in [`ChildSetup::install`].
+    fn apply_in_child(&self) -> io::Result<()> {
+        if let Some(tty) = self.controlling_tty {
+            // SAFETY: plain system calls on an fd the child inherited.
+            unsafe {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::ioctl(tty, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        if let Some((uid, gid, groups)) = &self.identity {
+            // SAFETY: `groups` is a live Vec owned by the closure; its pointer and length are
+            // valid for the call. Order matters: groups and gid need the privileges that
+            // setuid drops.
+            unsafe {
+                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                    || libc::setgid(*gid) < 0
+                    || libc::setuid(*uid) < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    }
+}
