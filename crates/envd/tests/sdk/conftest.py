@@ -16,7 +16,9 @@ import uuid
 
 import pytest
 
-ENVD_PORT = 49983
+# The SDK's debug mode talks to localhost:49983; E2B_SANDBOX_URL (which the SDK honours
+# first) lets parallel test runs use other ports.
+ENVD_PORT = int(os.environ.get("FIRKIN_ENVD_TEST_PORT", "49983"))
 REPO = pathlib.Path(__file__).resolve().parents[4]
 
 
@@ -49,8 +51,9 @@ def envd():
         if sock.connect_ex(("127.0.0.1", ENVD_PORT)) == 0:
             pytest.fail(f"port {ENVD_PORT} is taken: stop whatever listens there")
     os.environ["E2B_DEBUG"] = "true"
+    os.environ["E2B_SANDBOX_URL"] = f"http://127.0.0.1:{ENVD_PORT}"
     os.environ.setdefault("E2B_API_KEY", "unused-in-debug-mode")
-    log = open(REPO / "target" / "envd-sdk-tests.log", "wb")
+    log = open(REPO / "target" / f"envd-sdk-tests-{ENVD_PORT}.log", "wb")
     process = subprocess.Popen(
         [str(binary), "--listen", f"127.0.0.1:{ENVD_PORT}"],
         stdout=log,
