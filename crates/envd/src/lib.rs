@@ -10,6 +10,7 @@ pub mod auth;
 pub mod filesystem;
 pub mod http;
 pub mod http_error;
+pub mod init;
 pub mod metadata;
 pub mod paths;
 pub mod process;

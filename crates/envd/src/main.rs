@@ -23,6 +23,13 @@ struct Args {
     /// Working directory for processes that name none (default: the user's home).
     #[arg(long)]
     workdir: Option<String>,
+    /// The template's start command, run in the background (`/bin/sh -c`) as the default
+    /// user once envd serves; it shows in `commands.list()` with tag `start-cmd`.
+    #[arg(long)]
+    start_cmd: Option<String>,
+    /// Act as PID 1 (reap orphans, forward signals) even when not PID 1. Automatic as PID 1.
+    #[arg(long)]
+    init: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,6 +41,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // Before any thread exists: PID 1 forks off the server and stays behind as the reaper.
+    if args.init || rustix::process::getpid() == rustix::process::Pid::INIT {
+        firkin_envd::init::split_off_server().context("split PID 1 from the server")?;
+    }
     let users = UserDb::default();
     let default_user = args
         .default_user
@@ -54,6 +65,10 @@ fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listen on {}", args.listen))?;
         let envd = Envd::new(settings, users);
+        if let Some(command) = args.start_cmd {
+            firkin_envd::process::start_template_command(&envd, &command)
+                .context("start the template's start command")?;
+        }
         firkin_envd::server::serve(listener, envd, shutdown_signal())
             .await
             .context("serve")

@@ -74,3 +74,77 @@ impl ChildSetup {
         Ok(())
     }
 }
+
+/// Which side of a [`fork_before_threads`] this is.
+#[derive(Debug)]
+pub enum Forked {
+    /// The original process; the child has this pid.
+    Parent(u32),
+    /// The new process.
+    Child,
+}
+
+/// `fork(2)`. Only sound while the process has a single thread (before any runtime or
+/// thread is started): the child gets a copy of that one thread only.
+///
+/// # Errors
+///
+/// When the kernel refuses (no memory, process limit).
+pub fn fork_before_threads() -> io::Result<Forked> {
+    // SAFETY: callers fork before starting any thread (documented above, and `main` forks
+    // first thing), so no lock can be held by a thread that does not exist in the child.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid.unsigned_abs())),
+    }
+}
+
+/// The set of every signal.
+fn full_set() -> libc::sigset_t {
+    // SAFETY: sigfillset initialises the set it is given; a zeroed sigset_t is valid input.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        set
+    }
+}
+
+/// Block (`true`) or unblock every signal for this thread (and threads it starts later).
+///
+/// # Errors
+///
+/// Never in practice (`sigprocmask` fails only for invalid arguments).
+pub fn block_all_signals(block: bool) -> io::Result<()> {
+    let set = full_set();
+    let how = if block {
+        libc::SIG_BLOCK
+    } else {
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: `set` is an initialised sigset_t on our stack; the old set is not requested.
+    if unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Wait for any (blocked) signal and return its number.
+///
+/// # Errors
+///
+/// When interrupted in an unexpected way.
+pub fn wait_for_signal() -> io::Result<i32> {
+    let set = full_set();
+    loop {
+        // SAFETY: `set` is initialised; a null siginfo pointer is allowed.
+        let signal = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
+        if signal >= 0 {
+            return Ok(signal);
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EINTR) {
+            return Err(error);
+        }
+    }
+}

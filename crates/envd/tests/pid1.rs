@@ -1,0 +1,110 @@
+//! envd as PID 1 of a fresh PID namespace (`unshare --pid --fork --mount-proc`): it serves,
+//! reaps the orphans its start command leaves, and on SIGTERM stops everything and exits 0.
+//! Needs root (and util-linux's `unshare`); skips with a message otherwise.
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    fn is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    fn health(port: u16) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        Some(response)
+    }
+
+    /// Children of `pid` and their states, from /proc.
+    fn children(pid: u32) -> Vec<(u32, char)> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+                continue;
+            };
+            // Fields after the parenthesised command name: state, ppid, ...
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            let mut fields = rest.split(' ');
+            let state = fields.next().unwrap().chars().next().unwrap();
+            let ppid: u32 = fields.next().unwrap().parse().unwrap();
+            if ppid == pid {
+                found.push((child, state));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn pid1_reaps_orphans_and_stops_cleanly_on_sigterm() {
+        if !is_root() {
+            eprintln!("SKIP pid1 test: needs root to create a PID namespace");
+            return;
+        }
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let mut unshare = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(env!("CARGO_BIN_EXE_firkin-envd"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--default-user",
+                "root",
+            ])
+            // Three orphans that exit at once, and one long-lived process to be stopped.
+            .args([
+                "--start-cmd",
+                "for i in 1 2 3; do (sleep 0.1 &); done; sleep 600",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("unshare from util-linux");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while health(port).is_none() {
+            assert!(Instant::now() < deadline, "envd did not serve within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(health(port).unwrap().starts_with("HTTP/1.1 204"));
+
+        let init = children(unshare.id())[0].0;
+        std::thread::sleep(Duration::from_millis(500));
+        let zombies: Vec<_> = children(init)
+            .into_iter()
+            .filter(|(_, state)| *state == 'Z')
+            .collect();
+        assert!(zombies.is_empty(), "PID 1 left zombies: {zombies:?}");
+
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(init as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = unshare.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = unshare.kill();
+                panic!("envd as PID 1 did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "PID 1 exited with {status}");
+        assert!(health(port).is_none(), "still serving after exit");
+    }
+}
