@@ -6,6 +6,7 @@
 //! all talk to a sandbox through it. It must not own sandbox lifecycle: that belongs to the
 //! daemon and the driver.
 
+pub mod as_user;
 pub mod auth;
 pub mod filesystem;
 pub mod http;
@@ -34,4 +35,4 @@ pub mod proto {
 
 /// The highest E2B envd version whose features this envd implements (what the daemon reports
 /// as `envdVersion`; the SDKs gate features on it).
-pub const ENVD_VERSION: &str = "0.5.7";
+pub const ENVD_VERSION: &str = "0.6.4";

@@ -27,7 +27,10 @@ pub fn read(path: &Path) -> io::Result<HashMap<String, String>> {
         Err(errno) => return Err(errno.into()),
     }
     let mut metadata = HashMap::new();
-    for name in names.split(|byte| *byte == 0).filter(|name| !name.is_empty()) {
+    for name in names
+        .split(|byte| *byte == 0)
+        .filter(|name| !name.is_empty())
+    {
         let Ok(name) = std::str::from_utf8(name) else {
             continue;
         };
@@ -58,7 +61,12 @@ pub fn read(path: &Path) -> io::Result<HashMap<String, String>> {
 /// When the file system refuses extended attributes (`ENOTSUP`) or the key is invalid.
 pub fn write(path: &Path, key: &str, value: &str) -> io::Result<()> {
     let name = format!("{XATTR_PREFIX}{key}");
-    rustix::fs::setxattr(path, name.as_str(), value.as_bytes(), rustix::fs::XattrFlags::empty())?;
+    rustix::fs::setxattr(
+        path,
+        name.as_str(),
+        value.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )?;
     Ok(())
 }
 

@@ -470,33 +470,22 @@ async fn pump_output(
 
 fn exit_info(status: std::io::Result<std::process::ExitStatus>) -> ExitInfo {
     use std::os::unix::process::ExitStatusExt;
-    match status {
+    let (exit_code, exited, status) = match status {
         Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => ExitInfo {
-                exit_code: code,
-                exited: true,
-                status: format!("exit status {code}"),
-                error: None,
-            },
-            (None, Some(signal)) => ExitInfo {
-                exit_code: -1,
-                exited: false,
-                status: format!("signal: {}", signal_name(signal)),
-                error: None,
-            },
-            (None, None) => ExitInfo {
-                exit_code: -1,
-                exited: false,
-                status: "unknown".to_owned(),
-                error: None,
-            },
+            (Some(code), _) => (code, true, format!("exit status {code}")),
+            (None, Some(signal)) => (-1, false, format!("signal: {}", signal_name(signal))),
+            (None, None) => (-1, false, "unknown".to_owned()),
         },
-        Err(wait_error) => ExitInfo {
-            exit_code: -1,
-            exited: false,
-            status: "unknown".to_owned(),
-            error: Some(format!("wait for the process: {wait_error}")),
-        },
+        Err(wait_error) => (-1, false, format!("wait: {wait_error}")),
+    };
+    // E2B's envd reports Go's `cmd.Wait()` error here, which is the status itself for
+    // anything but a clean exit; clients show it (`CommandExitException.error`).
+    let error = (exit_code != 0 || !exited).then(|| status.clone());
+    ExitInfo {
+        exit_code,
+        exited,
+        status,
+        error,
     }
 }
 

@@ -199,9 +199,14 @@ impl Process for ProcessService {
                 }
                 other => process_error(other),
             })?;
-        // The process lifetime is bounded by the deadline (the supervisor kills it then); the
-        // stream itself ends with the process, after its `end` event.
-        let stream = event_stream(process.pid(), events, keepalive_interval(&ctx), None);
+        // The deadline bounds the process (the supervisor kills it then) and the stream, which
+        // ends with `deadline_exceeded` as E2B's envd does: the SDKs raise a timeout for it.
+        let stream = event_stream(
+            process.pid(),
+            events,
+            keepalive_interval(&ctx),
+            ctx.deadline(),
+        );
         Ok(Response::new(Box::pin(stream.map(|event| {
             event.map(|event| StartResponse {
                 event: MessageField::some(event),
@@ -355,7 +360,7 @@ fn event_stream(
                 if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                     state.done = true;
                     return Some((
-                        Err(ConnectError::deadline_exceeded("connect deadline reached")),
+                        Err(ConnectError::deadline_exceeded("deadline reached")),
                         state,
                     ));
                 }
