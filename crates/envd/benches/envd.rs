@@ -7,9 +7,11 @@
 //! - 100 sequential `Start(/bin/true)` calls, as one batch (10 batches);
 //! - baseline in the same run: `fork`+`exec` of `/bin/true` from this process, the floor any
 //!   agent pays;
+//! - `/files`: a 256 MiB upload (octet-stream) and download, 5 of each, in MiB/s;
 //! - envd's resident memory, idle after start and after the runs.
 //!
-//! Run with `cargo bench -p firkin-envd --bench envd`. `FIRKIN_BENCH_SAMPLES` changes n.
+//! Run with `cargo bench -p firkin-envd --bench envd`. `FIRKIN_BENCH_SAMPLES` changes n;
+//! `FIRKIN_ENVD_BIN` runs another envd binary (e.g. the static one from `scripts/build-envd`).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,7 +39,9 @@ impl Envd {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_firkin-envd"))
+        let binary = std::env::var("FIRKIN_ENVD_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_firkin-envd").to_owned());
+        let child = Command::new(binary)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env_clear()
             .stdout(Stdio::null())
@@ -65,6 +69,55 @@ impl Envd {
             })
             .unwrap_or(0)
     }
+}
+
+/// Upload `size` bytes to `path` with one octet-stream POST; return the elapsed time.
+fn upload(port: u16, path: &str, size: usize) -> BenchResult<Duration> {
+    use std::io::{Read, Write};
+    let chunk = vec![0x5a_u8; 1 << 20];
+    let started = Instant::now();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        stream,
+        "POST /files?path={path}&username=root HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        stream.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "upload failed: {}",
+            response.lines().next().unwrap_or_default()
+        )
+        .into());
+    }
+    Ok(started.elapsed())
+}
+
+/// Download `path` (no compression asked); return (bytes, elapsed).
+fn download(port: u16, path: &str) -> BenchResult<(usize, Duration)> {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        stream,
+        "GET /files?path={path}&username=root HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = vec![0_u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    Ok((total, started.elapsed()))
 }
 
 fn request(cmd: &str, args: &[&str]) -> StartRequest {
@@ -198,10 +251,29 @@ fn main() -> BenchResult {
             Summary::new("100 sequential Start(/bin/true), per batch", batches),
         ])
     })?;
+    const FILE_MIB: usize = 256;
+    let file = std::env::temp_dir().join(format!("firkin-envd-bench-{}", std::process::id()));
+    let file = file.to_str().ok_or("temp path is not UTF-8")?.to_owned();
+    let mut up = Vec::new();
+    let mut down = Vec::new();
+    for _ in 0..5 {
+        up.push(upload(envd.port, &file, FILE_MIB << 20)?);
+        let (bytes, elapsed) = download(envd.port, &file)?;
+        if bytes < FILE_MIB << 20 {
+            return Err(format!("download returned {bytes} bytes").into());
+        }
+        down.push(elapsed);
+    }
+    std::fs::remove_file(&file)?;
+    let rate = |samples: &mut Vec<Duration>| {
+        samples.sort();
+        FILE_MIB as f64 / samples[samples.len() / 2].as_secs_f64()
+    };
     let busy_rss = envd.rss_kib();
     println!(
-        "machine: {} CPUs; envd release build; JSON codec; one keep-alive connection",
-        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
+        "machine: {} CPUs; envd {}; JSON codec; one keep-alive connection",
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        std::env::var("FIRKIN_ENVD_BIN").unwrap_or_else(|_| "release build (dynamic)".to_owned())
     );
     println!(
         "{:<44} {:>6} {:>9} {:>9} {:>9} {:>9}",
@@ -210,6 +282,11 @@ fn main() -> BenchResult {
     for summary in &summaries {
         summary.print();
     }
+    println!(
+        "/files {FILE_MIB} MiB, median of 5: upload {:.0} MiB/s, download {:.0} MiB/s",
+        rate(&mut up),
+        rate(&mut down)
+    );
     println!("envd RSS: {idle_rss} KiB idle after start, {busy_rss} KiB after the runs");
     Ok(())
 }
