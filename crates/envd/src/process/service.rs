@@ -168,18 +168,12 @@ impl Process for ProcessService {
         let events = process.attach().ok_or_else(|| {
             ConnectError::not_found(format!("process {} has ended", process.pid()))
         })?;
-        let stream = event_stream(
-            process.pid(),
-            events,
-            keepalive_interval(&ctx),
-            ctx.deadline(),
-        );
-        Ok(Response::new(Box::pin(stream.map(|event| {
-            event.map(|event| ConnectResponse {
+        Ok(stream_response(&ctx, process.pid(), events, |event| {
+            ConnectResponse {
                 event: MessageField::some(event),
                 ..Default::default()
-            })
-        }))))
+            }
+        }))
     }
 
     async fn start(
@@ -201,18 +195,12 @@ impl Process for ProcessService {
             })?;
         // The deadline bounds the process (the supervisor kills it then) and the stream, which
         // ends with `deadline_exceeded` as E2B's envd does: the SDKs raise a timeout for it.
-        let stream = event_stream(
-            process.pid(),
-            events,
-            keepalive_interval(&ctx),
-            ctx.deadline(),
-        );
-        Ok(Response::new(Box::pin(stream.map(|event| {
-            event.map(|event| StartResponse {
+        Ok(stream_response(&ctx, process.pid(), events, |event| {
+            StartResponse {
                 event: MessageField::some(event),
                 ..Default::default()
-            })
-        }))))
+            }
+        }))
     }
 
     async fn update(
@@ -321,6 +309,17 @@ fn process_error(error: ProcessError) -> ConnectError {
         ProcessError::Unsupported(message) => ConnectError::failed_precondition(message),
         other => to_connect_error(&other),
     }
+}
+
+/// A process's events as the response of a Start or Connect call (`wrap` builds the message).
+fn stream_response<R: Send + 'static>(
+    ctx: &RequestContext,
+    pid: u32,
+    events: mpsc::Receiver<Event>,
+    wrap: fn(ProcessEvent) -> R,
+) -> Response<ServiceStream<R>> {
+    let stream = event_stream(pid, events, keepalive_interval(ctx), ctx.deadline());
+    Response::new(Box::pin(stream.map(move |event| event.map(wrap))))
 }
 
 /// `Keepalive-Ping-Interval` in seconds, if the client asked for keepalives.
