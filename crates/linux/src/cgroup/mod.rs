@@ -1,0 +1,1 @@
+//! cgroups: v2 (unified) with a v1 fallback.

@@ -1,0 +1,1 @@
+//! `firkin doctor`: which kernel features this host has, and what needs them.

@@ -1,0 +1,11 @@
+//! firkin-linux: the Linux substrate of firkin.
+//!
+//! Every sandbox is a set of fresh Linux namespaces (user, mount, PID, network, UTS, IPC,
+//! cgroup) with its own overlay root filesystem, cgroup limits and network slot, running
+//! `firkin-envd` as PID 1. It implements `firkin-single-node`'s `RuntimeDriver`. It must not
+//! own E2B concepts or HTTP: those belong to `firkin-e2b`.
+
+pub mod cgroup;
+pub mod doctor;
+pub mod net;
+pub mod rootfs;

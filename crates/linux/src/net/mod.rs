@@ -1,0 +1,1 @@
+//! Network slots: pooled network namespaces, veth pairs, addresses and egress rules.

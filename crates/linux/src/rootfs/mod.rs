@@ -1,0 +1,1 @@
+//! Root filesystems: templates (the built-in `base`) and per-sandbox overlays.
