@@ -9,3 +9,5 @@ pub mod cgroup;
 pub mod doctor;
 pub mod net;
 pub mod rootfs;
+pub mod sandbox;
+pub mod sys;

@@ -1,0 +1,308 @@
+//! The init helper's side of a launch (see the [module docs](super)). Runs in
+//! `firkin-sandbox-init`, a fresh single-threaded process started by the driver as host root.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use rustix::thread::{LinkNameSpaceType, UnshareFlags};
+
+use crate::sandbox::InitSpec;
+use crate::sys::{self, Forked};
+
+/// Run the helper: read the spec and pipes from the environment, build the sandbox, and
+/// never return on success (the helper exits after the fork; PID 1 becomes envd).
+pub fn main_from_env() -> ! {
+    let mut status = match status_pipe() {
+        Ok(file) => file,
+        Err(error) => {
+            eprintln!("firkin-sandbox-init: no status pipe: {error}");
+            std::process::exit(2);
+        }
+    };
+    let error = match run(&mut status) {
+        Ok(never) => match never {},
+        Err(error) => error,
+    };
+    let _ = writeln!(status, "err {}", error.to_string().replace('\n', " "));
+    std::process::exit(1);
+}
+
+enum Never {}
+
+fn env_fd(name: &str) -> io::Result<OwnedFd> {
+    let raw: i32 = std::env::var(name)
+        .map_err(|_| io::Error::other(format!("{name} is not set")))?
+        .parse()
+        .map_err(|_| io::Error::other(format!("{name} is not a file descriptor")))?;
+    if raw < 3 {
+        return Err(io::Error::other(format!("{name}={raw} is not a pipe")));
+    }
+    // The driver created this fd for us alone and cleared its close-on-exec flag; nothing
+    // else in this process owns it.
+    Ok(owned_fd(raw))
+}
+
+#[allow(unsafe_code)]
+fn owned_fd(raw: i32) -> OwnedFd {
+    // SAFETY: `raw` was inherited from the driver for this helper only (checked ≥ 3 above),
+    // is open, and nothing else in this single-threaded process refers to it.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
+
+fn status_pipe() -> io::Result<File> {
+    Ok(File::from(env_fd(InitSpec::ENV_STATUS_FD)?))
+}
+
+fn context(what: impl Into<String>) -> impl FnOnce(io::Error) -> io::Error {
+    let what = what.into();
+    move |error| io::Error::new(error.kind(), format!("{what}: {error}"))
+}
+
+fn run(status: &mut File) -> io::Result<Never> {
+    let spec: InitSpec = serde_json::from_str(
+        &std::env::var(InitSpec::ENV_SPEC).map_err(|_| io::Error::other("no spec"))?,
+    )
+    .map_err(|error| io::Error::other(format!("bad spec: {error}")))?;
+    let mut go = File::from(env_fd(InitSpec::ENV_GO_FD)?);
+
+    // 1. The network namespace, while still host root in the initial user namespace.
+    match &spec.netns {
+        Some(path) => {
+            let netns = File::open(path).map_err(context(format!("open {}", path.display())))?;
+            rustix::thread::move_into_link_name_space(
+                netns.as_fd_ref(),
+                Some(LinkNameSpaceType::Network),
+            )
+            .map_err(|e| context("join the slot's network namespace")(e.into()))?;
+        }
+        None => {
+            sys::unshare(UnshareFlags::NEWNET).map_err(context("unshare the network namespace"))?;
+            // Now, while host root: the namespace belongs to the initial user namespace, so
+            // the sandbox's root will have no CAP_NET_ADMIN in it.
+            sys::loopback_up().map_err(context("bring lo up"))?;
+        }
+    }
+
+    // 2. The other namespaces; the driver writes the id maps from outside.
+    sys::unshare(
+        UnshareFlags::NEWUSER
+            | UnshareFlags::NEWNS
+            | UnshareFlags::NEWUTS
+            | UnshareFlags::NEWIPC
+            | UnshareFlags::NEWCGROUP,
+    )
+    .map_err(context("unshare the sandbox namespaces"))?;
+    status.write_all(b"maps\n")?;
+    let mut byte = [0_u8; 1];
+    if go.read(&mut byte)? == 0 {
+        return Err(io::Error::other(
+            "the driver went away before writing the id maps",
+        ));
+    }
+
+    // 3. Root of the new user namespace: without this the helper keeps an unmapped identity
+    //    and files it creates belong to host root.
+    rustix::thread::set_thread_res_gid(Some(gid0()), Some(gid0()), Some(gid0()))
+        .map_err(|e| context("setresgid(0)")(e.into()))?;
+    rustix::thread::set_thread_groups(&[]).map_err(|e| context("setgroups")(e.into()))?;
+    rustix::thread::set_thread_res_uid(Some(uid0()), Some(uid0()), Some(uid0()))
+        .map_err(|e| context("setresuid(0)")(e.into()))?;
+    rustix::system::sethostname(spec.hostname.as_bytes())
+        .map_err(|e| context("sethostname")(e.into()))?;
+    mount_root(&spec)?;
+
+    // 4. The PID namespace applies to children: fork once, report PID 1, and leave.
+    sys::unshare(UnshareFlags::NEWPID).map_err(context("unshare the PID namespace"))?;
+    match sys::fork_single_threaded().map_err(context("fork PID 1"))? {
+        Forked::Parent(pid) => {
+            writeln!(status, "pid {pid}")?;
+            std::process::exit(0);
+        }
+        Forked::Child => become_pid1(&spec),
+    }
+}
+
+trait AsFdRef {
+    fn as_fd_ref(&self) -> std::os::fd::BorrowedFd<'_>;
+}
+
+impl AsFdRef for File {
+    fn as_fd_ref(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self)
+    }
+}
+
+fn uid0() -> rustix::process::Uid {
+    rustix::process::Uid::ROOT
+}
+
+fn gid0() -> rustix::process::Gid {
+    rustix::process::Gid::ROOT
+}
+
+fn mount_err(what: String) -> impl FnOnce(rustix::io::Errno) -> io::Error {
+    move |errno| io::Error::new(io::Error::from(errno).kind(), format!("{what}: {errno}"))
+}
+
+fn inside(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// The overlay root and the read-only host layers, in this mount namespace only.
+fn mount_root(spec: &InitSpec) -> io::Result<()> {
+    // Nothing mounted here may propagate back to the host.
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )
+    .map_err(mount_err("make / private".into()))?;
+    let lower = spec
+        .lower_dirs
+        .iter()
+        .map(|dir| dir.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    // `userxattr`: an overlay mounted inside a user namespace keeps its metadata in user.*
+    // xattrs (without it, deleting a lower directory fails with EIO).
+    let options = format!(
+        "lowerdir={lower},upperdir={},workdir={},userxattr",
+        spec.upper_dir.display(),
+        spec.work_dir.display()
+    );
+    let options = std::ffi::CString::new(options).map_err(io::Error::other)?;
+    rustix::mount::mount(
+        "overlay",
+        &spec.root_dir,
+        "overlay",
+        MountFlags::empty(),
+        options.as_c_str(),
+    )
+    .map_err(mount_err(format!(
+        "mount the overlay root at {}",
+        spec.root_dir.display()
+    )))?;
+    for (host, target) in &spec.read_only_binds {
+        let target = inside(&spec.root_dir, target);
+        rustix::mount::mount_bind_recursive(host, &target).map_err(mount_err(format!(
+            "bind {} at {}",
+            host.display(),
+            target.display()
+        )))?;
+        rustix::mount::mount_remount(&target, MountFlags::BIND | MountFlags::RDONLY, "")
+            .map_err(mount_err(format!("make {} read-only", target.display())))?;
+    }
+    Ok(())
+}
+
+/// PID 1: the kernel file systems, `/dev`, envd, `pivot_root`, exec.
+fn become_pid1(spec: &InitSpec) -> ! {
+    let error = match pid1_setup(spec) {
+        Ok(never) => match never {},
+        Err(error) => error,
+    };
+    eprintln!("firkin-sandbox-init: PID 1: {error}");
+    std::process::exit(1);
+}
+
+fn pid1_setup(spec: &InitSpec) -> io::Result<Never> {
+    let root = &spec.root_dir;
+    let at = |path: &str| inside(root, Path::new(path));
+    let nosuid_nodev_noexec = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    ensure_dir(&at("/proc"))?;
+    rustix::mount::mount("proc", at("/proc"), "proc", nosuid_nodev_noexec, None)
+        .map_err(mount_err("mount /proc".into()))?;
+    // sysfs cannot be mounted from a user namespace that does not own the network
+    // namespace: bind the host's, read-only.
+    ensure_dir(&at("/sys"))?;
+    rustix::mount::mount_bind_recursive("/sys", at("/sys"))
+        .map_err(mount_err("bind /sys".into()))?;
+    rustix::mount::mount_remount(at("/sys"), MountFlags::BIND | MountFlags::RDONLY, "")
+        .map_err(mount_err("make /sys read-only".into()))?;
+    mount_dev(root)?;
+    ensure_dir(&at("/run"))?;
+    rustix::mount::mount(
+        "tmpfs",
+        at("/run"),
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        c"mode=755",
+    )
+    .map_err(mount_err("mount /run".into()))?;
+    let envd = at(InitSpec::ENVD_PATH);
+    ensure_dir(envd.parent().unwrap_or(root))?;
+    File::create(&envd)?;
+    rustix::mount::mount_bind(&spec.envd_binary, &envd).map_err(mount_err("bind envd".into()))?;
+    rustix::mount::mount_remount(&envd, MountFlags::BIND | MountFlags::RDONLY, "")
+        .map_err(mount_err("make envd read-only".into()))?;
+
+    std::env::set_current_dir(root)?;
+    rustix::process::pivot_root(".", ".").map_err(mount_err("pivot_root".into()))?;
+    // The old root is stacked under the new one: detach it.
+    rustix::mount::unmount(".", UnmountFlags::DETACH)
+        .map_err(mount_err("detach the old root".into()))?;
+    std::env::set_current_dir("/")?;
+
+    let error = std::process::Command::new(InitSpec::ENVD_PATH)
+        .args(&spec.envd_args)
+        .env_clear()
+        .envs(spec.envd_env.iter().map(|(k, v)| (k, v)))
+        .exec();
+    Err(context(format!("exec {}", InitSpec::ENVD_PATH))(error))
+}
+
+fn ensure_dir(path: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(path).map_err(context(format!("create {}", path.display())))
+}
+
+/// A minimal `/dev`: the host's harmless character devices bound in, a private `devpts`,
+/// `/dev/shm`, and the usual links.
+fn mount_dev(root: &Path) -> io::Result<()> {
+    let dev = inside(root, Path::new("/dev"));
+    ensure_dir(&dev)?;
+    rustix::mount::mount(
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        c"mode=755,size=65536k",
+    )
+    .map_err(mount_err("mount /dev".into()))?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = dev.join(name);
+        File::create(&target)?;
+        rustix::mount::mount_bind(Path::new("/dev").join(name), &target)
+            .map_err(mount_err(format!("bind /dev/{name}")))?;
+    }
+    ensure_dir(&dev.join("pts"))?;
+    rustix::mount::mount(
+        "devpts",
+        dev.join("pts"),
+        "devpts",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        c"newinstance,ptmxmode=0666,mode=620",
+    )
+    .map_err(mount_err("mount /dev/pts".into()))?;
+    std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx"))?;
+    ensure_dir(&dev.join("shm"))?;
+    rustix::mount::mount(
+        "tmpfs",
+        dev.join("shm"),
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        c"mode=1777",
+    )
+    .map_err(mount_err("mount /dev/shm".into()))?;
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))?;
+    }
+    Ok(())
+}

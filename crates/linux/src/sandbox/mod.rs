@@ -1,0 +1,28 @@
+//! Sandboxes: the launch protocol between the driver and the init helper, and what runs
+//! inside before envd.
+//!
+//! ## Launch design
+//!
+//! The driver never sets a sandbox up inside a forked copy of its own multithreaded process
+//! (where only async-signal-safe calls are allowed). It starts the small single-threaded
+//! helper `firkin-sandbox-init` with the sandbox's [`InitSpec`], and the helper does the
+//! work in order:
+//!
+//! 1. join the slot's network namespace (or make a fresh one);
+//! 2. unshare the user, mount, UTS, IPC and cgroup namespaces; the driver, outside, writes
+//!    the id maps (sandbox root → an unprivileged host range) — the helper says `maps` on the
+//!    status pipe and waits for a byte on the go pipe;
+//! 3. become root of the new user namespace, mount the overlay root filesystem and the
+//!    read-only host layers;
+//! 4. unshare the PID namespace and fork: the child is PID 1 of the sandbox; the helper
+//!    reports its host pid (`pid <n>`) and exits;
+//! 5. PID 1 mounts `/proc`, `/sys` (read-only), a minimal `/dev`, `/run`, binds envd,
+//!    `pivot_root`s into the new root and execs envd, which serves on port 49983.
+//!
+//! Any failure is reported as `err <message>` on the status pipe.
+
+pub mod init;
+pub mod spawn;
+pub mod spec;
+
+pub use spec::InitSpec;

@@ -1,0 +1,39 @@
+//! What the driver tells the init helper.
+
+use std::path::PathBuf;
+
+/// Everything the init helper needs to build one sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InitSpec {
+    /// Hostname (the sandbox id).
+    pub hostname: String,
+    /// The slot's network namespace file; `None` makes a fresh, isolated one.
+    pub netns: Option<PathBuf>,
+    /// Overlay lower layers, topmost first.
+    pub lower_dirs: Vec<PathBuf>,
+    /// Overlay upper directory (the sandbox's private writes).
+    pub upper_dir: PathBuf,
+    /// Overlay work directory (same file system as `upper_dir`).
+    pub work_dir: PathBuf,
+    /// Where the root filesystem is assembled (an empty directory).
+    pub root_dir: PathBuf,
+    /// Host directories bound read-only into the root: (host path, path inside).
+    pub read_only_binds: Vec<(PathBuf, PathBuf)>,
+    /// The envd binary on the host; bound read-only at [`InitSpec::ENVD_PATH`].
+    pub envd_binary: PathBuf,
+    /// envd's arguments.
+    pub envd_args: Vec<String>,
+    /// envd's environment.
+    pub envd_env: Vec<(String, String)>,
+}
+
+impl InitSpec {
+    /// Where envd appears inside the sandbox.
+    pub const ENVD_PATH: &'static str = "/run/firkin/envd";
+    /// Environment variable carrying the JSON spec to the helper.
+    pub const ENV_SPEC: &'static str = "FIRKIN_INIT_SPEC";
+    /// Environment variable carrying the status pipe's fd (helper → driver).
+    pub const ENV_STATUS_FD: &'static str = "FIRKIN_INIT_STATUS_FD";
+    /// Environment variable carrying the go pipe's fd (driver → helper).
+    pub const ENV_GO_FD: &'static str = "FIRKIN_INIT_GO_FD";
+}

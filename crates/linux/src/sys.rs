@@ -1,0 +1,85 @@
+//! The raw system calls the sandbox launcher needs that are `unsafe` to call in general. Each
+//! wrapper states the condition under which it is sound; callers uphold it.
+#![allow(unsafe_code)]
+
+use std::io;
+
+use rustix::thread::UnshareFlags;
+
+/// `unshare(flags)`.
+///
+/// Sound for every flag but `CLONE_FILES` (whose fd-table split other threads could observe);
+/// this wrapper refuses that one.
+///
+/// # Errors
+///
+/// The kernel's refusal.
+pub fn unshare(flags: UnshareFlags) -> io::Result<()> {
+    if flags.contains(UnshareFlags::FILES) {
+        return Err(io::Error::other(
+            "unshare(CLONE_FILES) is not supported here",
+        ));
+    }
+    // SAFETY: without CLONE_FILES no file descriptor table is split, which is the hazard
+    // `unshare_unsafe` documents.
+    unsafe { rustix::thread::unshare_unsafe(flags)? };
+    Ok(())
+}
+
+/// Which side of [`fork_single_threaded`] this is.
+#[derive(Debug)]
+pub enum Forked {
+    /// The original process; the child has this pid.
+    Parent(i32),
+    /// The new process.
+    Child,
+}
+
+/// `fork(2)`, for a process that has only one thread (the sandbox init helper): the child
+/// then holds no lock another thread could own.
+///
+/// # Errors
+///
+/// When the kernel refuses.
+pub fn fork_single_threaded() -> io::Result<Forked> {
+    // SAFETY: only called from the single-threaded init helper binary (see
+    // `sandbox::init`), so the child's copy of the address space is consistent.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// Bring the loopback interface of the current network namespace up.
+///
+/// # Errors
+///
+/// When the socket or the ioctl fails.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: a plain socket(2); the fd is closed below on every path.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `request` is a zeroed ifreq with a NUL-terminated name, valid for both ioctls.
+    let result = unsafe {
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *slot = *byte as libc::c_char;
+        }
+        if libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request) < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(socket, libc::SIOCSIFFLAGS, &request) < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
+    };
+    // SAFETY: closing the fd this function opened.
+    unsafe { libc::close(socket) };
+    result
+}

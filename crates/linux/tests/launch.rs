@@ -1,0 +1,214 @@
+//! A real sandbox launch through `firkin-sandbox-init`: user, mount, PID, network, UTS, IPC
+//! and cgroup namespaces, an overlay root over a tiny template plus the host's read-only
+//! `/usr`, envd as PID 1 answering `/health` inside its own network namespace; killing PID 1
+//! takes everything down and leaves no mount on the host. Needs root; skips otherwise.
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use firkin_linux::sandbox::InitSpec;
+    use firkin_linux::sandbox::spawn::{IdMap, launch};
+
+    const SHIFT: u32 = 200_000;
+
+    fn chown_tree(path: &Path, uid: u32, gid: u32) {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+        if path.is_dir() && !path.is_symlink() {
+            for entry in std::fs::read_dir(path).unwrap() {
+                chown_tree(&entry.unwrap().path(), uid, gid);
+            }
+        }
+    }
+
+    /// A minimal template: generated /etc, merged-usr links, mount points.
+    fn template(dir: &Path) {
+        for sub in [
+            "etc",
+            "usr",
+            "proc",
+            "sys",
+            "dev",
+            "run",
+            "tmp",
+            "root",
+            "home/user",
+        ] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        for link in ["bin", "lib", "lib64", "sbin"] {
+            if Path::new("/").join(link).exists() {
+                symlink(format!("usr/{link}"), dir.join(link)).unwrap();
+            }
+        }
+        std::fs::write(
+            dir.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
+        chown_tree(dir, SHIFT, SHIFT);
+        chown_tree(&dir.join("home/user"), SHIFT + 1000, SHIFT + 1000);
+    }
+
+    /// An HTTP request from inside `pid`'s network namespace.
+    fn get_inside(pid: u32, path: &str) -> Option<String> {
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            let netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).ok()?;
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&netns),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .ok()?;
+            let mut stream = std::net::TcpStream::connect_timeout(
+                &"127.0.0.1:49983".parse().unwrap(),
+                Duration::from_millis(200),
+            )
+            .ok()?;
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: envd\r\nConnection: close\r\n\r\n"
+            )
+            .ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).ok()?;
+            Some(response)
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn envd_binary() -> PathBuf {
+        std::env::var_os("FIRKIN_ENVD_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/firkin-envd")
+            })
+    }
+
+    #[test]
+    fn a_sandbox_serves_envd_as_pid1_and_dies_whole() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP launch test: needs root");
+            return;
+        }
+        let envd = envd_binary();
+        if !envd.exists() {
+            eprintln!(
+                "SKIP launch test: {} not built (cargo build -p firkin-envd)",
+                envd.display()
+            );
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        let (lower, upper, work, root) = (
+            base.path().join("lower"),
+            base.path().join("upper"),
+            base.path().join("work"),
+            base.path().join("root"),
+        );
+        template(&lower);
+        for dir in [&upper, &work, &root] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        chown_tree(&upper, SHIFT, SHIFT);
+        chown_tree(&work, SHIFT, SHIFT);
+        let spec = InitSpec {
+            hostname: "sbx-launch-test".to_owned(),
+            netns: None,
+            lower_dirs: vec![lower.clone()],
+            upper_dir: upper.clone(),
+            work_dir: work,
+            root_dir: root.clone(),
+            read_only_binds: vec![(PathBuf::from("/usr"), PathBuf::from("/usr"))],
+            envd_binary: envd,
+            envd_args: ["--listen", "0.0.0.0:49983", "--default-user", "root"]
+                .map(String::from)
+                .to_vec(),
+            envd_env: vec![],
+        };
+        let started = Instant::now();
+        let launched = launch(
+            Path::new(env!("CARGO_BIN_EXE_firkin-sandbox-init")),
+            &spec,
+            IdMap {
+                host_start: SHIFT,
+                count: 65_536,
+            },
+            &[],
+        )
+        .expect("launch");
+        let pid1 = launched.pid1;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let health = loop {
+            if let Some(response) = get_inside(pid1, "/health") {
+                break response;
+            }
+            assert!(Instant::now() < deadline, "envd did not answer within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        eprintln!("launch -> envd answering: {:?}", started.elapsed());
+        assert!(health.starts_with("HTTP/1.1 204"), "{health}");
+
+        // PID 1 of its own PID namespace, root mapped to the shifted range, own hostname.
+        let status = std::fs::read_to_string(format!("/proc/{pid1}/status")).unwrap();
+        let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+        assert!(nspid.split_whitespace().last() == Some("1"), "{nspid}");
+        let uid_map = std::fs::read_to_string(format!("/proc/{pid1}/uid_map")).unwrap();
+        assert_eq!(
+            uid_map.split_whitespace().collect::<Vec<_>>(),
+            ["0", &SHIFT.to_string(), "65536"]
+        );
+        let hostname = std::process::Command::new("nsenter")
+            .args(["-t", &pid1.to_string(), "-u", "hostname"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&hostname.stdout).trim(),
+            "sbx-launch-test"
+        );
+        // The root is the overlay: the template is visible, /usr is the host's and read-only.
+        let sandbox_root = PathBuf::from(format!("/proc/{pid1}/root"));
+        assert!(sandbox_root.join("etc/passwd").exists());
+        assert!(sandbox_root.join("usr/bin").exists());
+        let mountinfo = std::fs::read_to_string(format!("/proc/{pid1}/mountinfo")).unwrap();
+        let usr = mountinfo
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some("/usr"))
+            .expect("/usr mounted");
+        assert!(
+            usr.split_whitespace()
+                .nth(5)
+                .unwrap()
+                .split(',')
+                .any(|o| o == "ro"),
+            "{usr}"
+        );
+        // Nothing of the sandbox is mounted in the host's namespace.
+        let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !host_mounts.contains(root.to_str().unwrap()),
+            "sandbox mounts leaked to the host"
+        );
+
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid1 as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Path::new(&format!("/proc/{pid1}")).exists() {
+            // PID 1 is not our child once the helper exited: the host's init reaps it.
+            assert!(Instant::now() < deadline, "PID 1 survived SIGKILL");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let writes: Vec<_> = std::fs::read_dir(&upper).unwrap().collect();
+        eprintln!("upper dir after the run: {} entries", writes.len());
+        drop(base);
+    }
+}
