@@ -159,6 +159,19 @@ mod tests {
         let status = std::fs::read_to_string(format!("/proc/{pid1}/status")).unwrap();
         let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
         assert!(nspid.split_whitespace().last() == Some("1"), "{nspid}");
+        // Root inside keeps only the container-default capabilities: no CAP_SYS_ADMIN (bit 21),
+        // so it cannot mount; no CAP_SYS_MODULE (16), CAP_NET_ADMIN (12), CAP_SYS_PTRACE (19).
+        let bounding = status.lines().find(|l| l.starts_with("CapBnd:")).unwrap();
+        let bounding =
+            u64::from_str_radix(bounding.split_whitespace().nth(1).unwrap(), 16).unwrap();
+        for forbidden in [21, 16, 12, 19] {
+            assert_eq!(
+                bounding & (1 << forbidden),
+                0,
+                "capability {forbidden} kept: {bounding:x}"
+            );
+        }
+        assert_ne!(bounding & (1 << 0), 0, "CAP_CHOWN must stay");
         let uid_map = std::fs::read_to_string(format!("/proc/{pid1}/uid_map")).unwrap();
         assert_eq!(
             uid_map.split_whitespace().collect::<Vec<_>>(),

@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
-use rustix::thread::{LinkNameSpaceType, UnshareFlags};
+use rustix::thread::{CapabilitySet, LinkNameSpaceType, UnshareFlags};
 
 use crate::sandbox::InitSpec;
 use crate::sys::{self, Forked};
@@ -240,6 +240,7 @@ fn pid1_setup(spec: &InitSpec) -> io::Result<Never> {
         .map_err(mount_err("make envd read-only".into()))?;
 
     std::env::set_current_dir(root)?;
+    drop_capabilities()?;
     rustix::process::pivot_root(".", ".").map_err(mount_err("pivot_root".into()))?;
     // The old root is stacked under the new one: detach it.
     rustix::mount::unmount(".", UnmountFlags::DETACH)
@@ -252,6 +253,45 @@ fn pid1_setup(spec: &InitSpec) -> io::Result<Never> {
         .envs(spec.envd_env.iter().map(|(k, v)| (k, v)))
         .exec();
     Err(context(format!("exec {}", InitSpec::ENVD_PATH))(error))
+}
+
+/// What root inside a sandbox keeps: the container-default set (as Docker's and runc's
+/// defaults). Everything else (mounting, raw I/O, tracing, module loading, network admin,
+/// time, ...) leaves the bounding set, so no process in the sandbox can ever hold it.
+fn kept_capabilities() -> CapabilitySet {
+    CapabilitySet::CHOWN
+        | CapabilitySet::DAC_OVERRIDE
+        | CapabilitySet::FOWNER
+        | CapabilitySet::FSETID
+        | CapabilitySet::KILL
+        | CapabilitySet::SETGID
+        | CapabilitySet::SETUID
+        | CapabilitySet::SETPCAP
+        | CapabilitySet::NET_BIND_SERVICE
+        | CapabilitySet::NET_RAW
+        | CapabilitySet::SYS_CHROOT
+        | CapabilitySet::MKNOD
+        | CapabilitySet::AUDIT_WRITE
+        | CapabilitySet::SETFCAP
+}
+
+fn drop_capabilities() -> io::Result<()> {
+    let kept = kept_capabilities();
+    for capability in CapabilitySet::all()
+        .iter()
+        .filter(|cap| !kept.contains(*cap))
+    {
+        match rustix::thread::remove_capability_from_bounding_set(capability) {
+            // A capability this kernel does not know is not held either.
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(errno) => {
+                return Err(mount_err(format!(
+                    "drop {capability:?} from the bounding set"
+                ))(errno));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn ensure_dir(path: &Path) -> io::Result<()> {
