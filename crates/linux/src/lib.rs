@@ -10,4 +10,5 @@ pub mod doctor;
 pub mod net;
 pub mod rootfs;
 pub mod sandbox;
+pub mod seccomp;
 pub mod sys;

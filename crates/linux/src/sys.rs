@@ -83,3 +83,34 @@ pub fn loopback_up() -> io::Result<()> {
     unsafe { libc::close(socket) };
     result
 }
+
+/// Install `program` as a seccomp filter on the calling thread (and the processes it execs),
+/// without setting `no_new_privs`: the caller must hold `CAP_SYS_ADMIN` in its user
+/// namespace (PID 1 of a sandbox does).
+///
+/// # Errors
+///
+/// When the kernel rejects the program or the caller lacks the capability.
+pub fn install_seccomp(program: &[seccompiler::sock_filter]) -> io::Result<()> {
+    let len =
+        u16::try_from(program.len()).map_err(|_| io::Error::other("seccomp program too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut().cast::<libc::sock_filter>(),
+    };
+    // SAFETY: seccompiler's `sock_filter` is `#[repr(C)]` with the kernel's layout (u16, u8,
+    // u8, u32), identical to libc's; `fprog` points at `program`, which outlives the call;
+    // the kernel copies the program before returning.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

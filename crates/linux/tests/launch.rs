@@ -83,6 +83,74 @@ mod tests {
         .unwrap()
     }
 
+    /// Run `script` with `/bin/sh -c` through envd's Start inside `pid`'s network namespace;
+    /// returns (stdout, exit code) decoded from the Connect JSON stream.
+    fn run_inside(pid: u32, script: &str) -> (String, i32) {
+        let body = serde_json::json!({ "process": { "cmd": "/bin/sh", "args": ["-c", script] }, "stdin": false });
+        let payload = body.to_string().into_bytes();
+        let mut envelope = vec![0_u8];
+        envelope.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        envelope.extend_from_slice(&payload);
+        let response = std::thread::spawn(move || {
+            let netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&netns),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap();
+            let mut stream = std::net::TcpStream::connect("127.0.0.1:49983").unwrap();
+            write!(
+                stream,
+                "POST /process.Process/Start HTTP/1.1\r\nHost: envd\r\nContent-Type: application/connect+json\r\nConnect-Protocol-Version: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                envelope.len()
+            )
+            .unwrap();
+            stream.write_all(&envelope).unwrap();
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).unwrap();
+            String::from_utf8_lossy(&response).into_owned()
+        })
+        .join()
+        .unwrap();
+        let mut stdout = Vec::new();
+        for part in response.split("\"stdout\":\"").skip(1) {
+            let encoded = part.split('"').next().unwrap();
+            stdout.extend(base64_decode(encoded));
+        }
+        let exit_code = response.split("\"exitCode\":").nth(1).map_or(0, |rest| {
+            rest.trim_start()
+                .split(|c: char| c != '-' && !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        });
+        assert!(response.contains("\"end\""), "no end event: {response}");
+        (String::from_utf8_lossy(&stdout).into_owned(), exit_code)
+    }
+
+    fn base64_decode(text: &str) -> Vec<u8> {
+        let value = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            _ => 63,
+        };
+        let digits: Vec<u8> = text.bytes().filter(|c| *c != b'=').map(value).collect();
+        digits
+            .chunks(4)
+            .flat_map(|chunk| {
+                let bits = chunk
+                    .iter()
+                    .fold(0_u32, |acc, d| (acc << 6) | u32::from(*d))
+                    << (6 * (4 - chunk.len()));
+                let bytes = bits.to_be_bytes();
+                bytes[1..chunk.len()].to_vec()
+            })
+            .collect()
+    }
+
     fn envd_binary() -> PathBuf {
         std::env::var_os("FIRKIN_ENVD_BIN")
             .map(PathBuf::from)
@@ -185,6 +253,28 @@ mod tests {
             String::from_utf8_lossy(&hostname.stdout).trim(),
             "sbx-launch-test"
         );
+        // From inside: pid 1 is envd, the hostname is the sandbox's, root is root, writes land
+        // in the upper layer, /usr refuses writes, and the seccomp profile refuses mounts and
+        // new namespaces.
+        let (out, code) = run_inside(
+            pid1,
+            "hostname; id -u; cat /proc/1/comm; echo hi > /root/f; touch /usr/x 2>/dev/null || echo usr-ro",
+        );
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            ["sbx-launch-test", "0", "envd", "usr-ro"],
+            "{out}"
+        );
+        let (out, _) = run_inside(
+            pid1,
+            "mount -t tmpfs x /tmp 2>&1; echo mount=$?; unshare -U true 2>&1; echo unshare=$?; ls /proc | grep -c '^[0-9]'",
+        );
+        assert!(out.contains("mount=") && !out.contains("mount=0"), "{out}");
+        assert!(
+            out.contains("unshare=") && !out.contains("unshare=0"),
+            "{out}"
+        );
         // The root is the overlay: the template is visible, /usr is the host's and read-only.
         let sandbox_root = PathBuf::from(format!("/proc/{pid1}/root"));
         assert!(sandbox_root.join("etc/passwd").exists());
@@ -220,8 +310,11 @@ mod tests {
             assert!(Instant::now() < deadline, "PID 1 survived SIGKILL");
             std::thread::sleep(Duration::from_millis(5));
         }
-        let writes: Vec<_> = std::fs::read_dir(&upper).unwrap().collect();
-        eprintln!("upper dir after the run: {} entries", writes.len());
+        assert_eq!(
+            std::fs::read_to_string(upper.join("root/f")).unwrap(),
+            "hi\n",
+            "writes land in the upper dir"
+        );
         drop(base);
     }
 }

@@ -246,6 +246,11 @@ fn pid1_setup(spec: &InitSpec) -> io::Result<Never> {
     rustix::mount::unmount(".", UnmountFlags::DETACH)
         .map_err(mount_err("detach the old root".into()))?;
     std::env::set_current_dir("/")?;
+    // Last, after the mounts it forbids: the filter holds for PID 1 and everything after it.
+    let profile = crate::seccomp::default_profile().map_err(io::Error::other)?;
+    for program in &profile {
+        sys::install_seccomp(program).map_err(context("install the seccomp profile"))?;
+    }
 
     let error = std::process::Command::new(InitSpec::ENVD_PATH)
         .args(&spec.envd_args)

@@ -1,0 +1,147 @@
+//! The default seccomp profile of a sandbox.
+//!
+//! Allow by default, refuse (EPERM) what an agent's code never needs and what widens the
+//! kernel's attack surface: module loading, kexec, mounting and the new mount API, swap,
+//! reboot, clock changes, keyrings, BPF, perf, userfaultfd, file handles, raw port I/O, and
+//! new namespaces (`unshare`, `setns`, and `clone` with any namespace flag). `clone3` answers
+//! ENOSYS, because its flags live in memory a filter cannot read; libc then falls back to
+//! `clone`, which is filtered. `ptrace` stays allowed so debuggers work on the sandbox's own
+//! processes (the capability bounding set already denies tracing anything else).
+//!
+//! The filter is installed by PID 1 without `no_new_privs` (root of the sandbox's user
+//! namespace may), so `sudo` keeps working; a template can ask for `no_new_privs` as well.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Why the profile could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("build the seccomp profile")]
+pub struct SeccompError(#[source] seccompiler::BackendError);
+
+/// Syscalls refused outright.
+const REFUSED: &[libc::c_long] = &[
+    libc::SYS_acct,
+    libc::SYS_add_key,
+    libc::SYS_bpf,
+    libc::SYS_clock_adjtime,
+    libc::SYS_clock_settime,
+    libc::SYS_settimeofday,
+    libc::SYS_delete_module,
+    libc::SYS_finit_module,
+    libc::SYS_init_module,
+    libc::SYS_iopl,
+    libc::SYS_ioperm,
+    libc::SYS_kexec_file_load,
+    libc::SYS_kexec_load,
+    libc::SYS_keyctl,
+    libc::SYS_request_key,
+    libc::SYS_lookup_dcookie,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_mount_setattr,
+    libc::SYS_pivot_root,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_nfsservctl,
+    libc::SYS_perf_event_open,
+    libc::SYS_quotactl,
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_syslog,
+    libc::SYS_sysfs,
+    libc::SYS__sysctl,
+    libc::SYS_uselib,
+    libc::SYS_userfaultfd,
+    libc::SYS_ustat,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_vhangup,
+];
+
+/// Namespace flags `clone` may not carry.
+const NAMESPACE_FLAGS: &[i32] = &[
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWCGROUP,
+];
+
+fn arch() -> TargetArch {
+    if cfg!(target_arch = "aarch64") {
+        TargetArch::aarch64
+    } else {
+        TargetArch::x86_64
+    }
+}
+
+/// The profile as BPF programs, to be installed in order.
+///
+/// # Errors
+///
+/// Only if a rule is malformed (a bug: the tests build it).
+pub fn default_profile() -> Result<Vec<BpfProgram>, SeccompError> {
+    let mut refused: BTreeMap<i64, Vec<SeccompRule>> = REFUSED
+        .iter()
+        .map(|syscall| (i64::from(*syscall), Vec::new()))
+        .collect();
+    let clone_rules = NAMESPACE_FLAGS
+        .iter()
+        .map(|flag| {
+            let flag = u64::from(flag.unsigned_abs());
+            SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(flag),
+                flag,
+            )
+            .and_then(|condition| SeccompRule::new(vec![condition]))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(SeccompError)?;
+    refused.insert(i64::from(libc::SYS_clone), clone_rules);
+    let eperm = SeccompFilter::new(
+        refused,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM.unsigned_abs()),
+        arch(),
+    )
+    .map_err(SeccompError)?;
+    let no_clone3 = SeccompFilter::new(
+        BTreeMap::from([(i64::from(libc::SYS_clone3), Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS.unsigned_abs()),
+        arch(),
+    )
+    .map_err(SeccompError)?;
+    [eperm, no_clone3]
+        .into_iter()
+        .map(|filter| BpfProgram::try_from(filter).map_err(SeccompError))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profile_compiles() {
+        let programs = default_profile().unwrap();
+        assert_eq!(programs.len(), 2);
+        assert!(programs[0].len() > REFUSED.len());
+    }
+}
