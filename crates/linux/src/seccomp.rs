@@ -97,7 +97,7 @@ fn arch() -> TargetArch {
 pub fn default_profile() -> Result<Vec<BpfProgram>, SeccompError> {
     let mut refused: BTreeMap<i64, Vec<SeccompRule>> = REFUSED
         .iter()
-        .map(|syscall| (i64::from(*syscall), Vec::new()))
+        .map(|syscall| (*syscall, Vec::new()))
         .collect();
     let clone_rules = NAMESPACE_FLAGS
         .iter()
@@ -113,7 +113,7 @@ pub fn default_profile() -> Result<Vec<BpfProgram>, SeccompError> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(SeccompError)?;
-    refused.insert(i64::from(libc::SYS_clone), clone_rules);
+    refused.insert(libc::SYS_clone, clone_rules);
     let eperm = SeccompFilter::new(
         refused,
         SeccompAction::Allow,
@@ -122,7 +122,7 @@ pub fn default_profile() -> Result<Vec<BpfProgram>, SeccompError> {
     )
     .map_err(SeccompError)?;
     let no_clone3 = SeccompFilter::new(
-        BTreeMap::from([(i64::from(libc::SYS_clone3), Vec::new())]),
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS.unsigned_abs()),
         arch(),
