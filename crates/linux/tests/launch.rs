@@ -151,6 +151,21 @@ mod tests {
             .collect()
     }
 
+    /// Kills a sandbox (PID 1, then its whole cgroup) when dropped, so a failing assertion
+    /// leaks nothing.
+    struct KillOnDrop(u32, firkin_linux::cgroup::CgroupHandle);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            if let Ok(cgroup) = firkin_linux::cgroup::SandboxCgroup::open(self.1.clone()) {
+                let _ = cgroup.remove();
+            }
+        }
+    }
+
     fn envd_binary() -> PathBuf {
         std::env::var_os("FIRKIN_ENVD_BIN")
             .map(PathBuf::from)
@@ -200,6 +215,14 @@ mod tests {
                 .to_vec(),
             envd_env: vec![],
         };
+        let layout = firkin_linux::cgroup::CgroupLayout::detect().unwrap();
+        let name = format!("launch-test-{}", std::process::id());
+        let limits = firkin_linux::cgroup::CgroupLimits {
+            cpu_millis: Some(1000),
+            memory_bytes: Some(256 << 20),
+            pids_max: Some(256),
+        };
+        let cgroup = firkin_linux::cgroup::SandboxCgroup::create(&layout, &name, &limits).unwrap();
         let started = Instant::now();
         let launched = launch(
             Path::new(env!("CARGO_BIN_EXE_firkin-sandbox-init")),
@@ -208,10 +231,15 @@ mod tests {
                 host_start: SHIFT,
                 count: 65_536,
             },
-            &[],
-        )
-        .expect("launch");
+            &cgroup.procs_paths(),
+        );
+        let launched = launched.unwrap_or_else(|error| {
+            cgroup.remove().unwrap();
+            panic!("launch: {error}")
+        });
         let pid1 = launched.pid1;
+        // Whatever happens below, the sandbox goes with the test.
+        let _reaper = KillOnDrop(pid1, cgroup.handle().clone());
         let deadline = Instant::now() + Duration::from_secs(10);
         let health = loop {
             if let Some(response) = get_inside(pid1, "/health") {
@@ -223,6 +251,17 @@ mod tests {
         eprintln!("launch -> envd answering: {:?}", started.elapsed());
         assert!(health.starts_with("HTTP/1.1 204"), "{health}");
 
+        // Every process of the sandbox is in its cgroup, and the cgroup namespace's root is it.
+        assert!(
+            cgroup.pids().unwrap().contains(&pid1),
+            "PID 1 is not in the sandbox cgroup"
+        );
+        // (Read from inside: cgroup paths are shown relative to the reader's namespace.)
+        let (inner_view, _) = run_inside(pid1, "cat /proc/self/cgroup");
+        assert!(
+            !inner_view.contains("firkin"),
+            "the sandbox sees host cgroup paths: {inner_view}"
+        );
         // PID 1 of its own PID namespace, root mapped to the shifted range, own hostname.
         let status = std::fs::read_to_string(format!("/proc/{pid1}/status")).unwrap();
         let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
