@@ -1,0 +1,500 @@
+//! Network slots against the real kernel (root only; each test skips with a reason otherwise).
+//!
+//! NETWORK SAFETY: every packet here goes between this machine and namespaces these tests
+//! made: loopback, slot veth addresses, and one connection attempt to 169.254.169.254 that
+//! is made only after checking that the ruleset rejects it in the host's forward hook.
+//!
+//! The tests share the host's slot range, namespace directory and nftables table, so they
+//! run one at a time (a process-wide lock), and each ends with a leak check. A guard
+//! reclaims everything firkin-named and restores `ip_forward` even when a test fails.
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use firkin_linux::net::{NetConfig, Slot, SlotPool, find_leftovers, reclaim_leftovers};
+    use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+    fn root_or_skip(test: &str) -> bool {
+        if rustix::process::geteuid().is_root() {
+            true
+        } else {
+            eprintln!("SKIP {test}: needs root (network namespaces, veths, nftables)");
+            false
+        }
+    }
+
+    fn nft_or_skip(test: &str) -> bool {
+        let ok = Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            eprintln!("SKIP {test}: `nft` not installed (apt-get install nftables)");
+        }
+        ok
+    }
+
+    /// Reclaims every firkin-named network object and restores `ip_forward` when dropped, so a
+    /// failing test leaves nothing behind.
+    struct Cleanup {
+        config: NetConfig,
+        ip_forward: String,
+    }
+
+    impl Cleanup {
+        fn new(config: &NetConfig) -> Self {
+            Self {
+                config: config.clone(),
+                ip_forward: std::fs::read_to_string(IP_FORWARD).unwrap_or_else(|_| "0".into()),
+            }
+        }
+    }
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let config = self.config.clone();
+            // A runtime of its own, on a thread of its own: Drop may run inside the test's runtime.
+            let reclaimed = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a current-thread runtime builds");
+                rt.block_on(reclaim_leftovers(&config, &[]))
+            })
+            .join();
+            match reclaimed {
+                Ok(Ok(found)) if !found.is_empty() => {
+                    eprintln!("cleanup guard reclaimed {found:?}")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => eprintln!("cleanup guard failed: {e}"),
+                Err(_) => eprintln!("cleanup guard panicked"),
+            }
+            let _ = std::fs::write(IP_FORWARD, self.ip_forward.trim());
+        }
+    }
+
+    /// No `fkh*` links, no slot namespace files or mounts, no per-slot nftables rules, checked
+    /// both through the library and independently of it.
+    fn leak_check(config: &NetConfig, still_owned: &[Slot]) {
+        let left = find_leftovers(config, still_owned).expect("list leftovers");
+        assert!(left.is_empty(), "LEAK: {left:?}");
+        let owned_ifs: Vec<&str> = still_owned.iter().map(|s| s.host_if.as_str()).collect();
+        let links: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("fkh") && !owned_ifs.contains(&n.as_str()))
+            .collect();
+        assert!(links.is_empty(), "LEAK: links {links:?}");
+        let owned_paths: Vec<&PathBuf> = still_owned.iter().map(|s| &s.netns_path).collect();
+        let files: Vec<PathBuf> = std::fs::read_dir(&config.netns_dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let stray: Vec<&PathBuf> = files.iter().filter(|p| !owned_paths.contains(p)).collect();
+        assert!(stray.is_empty(), "LEAK: netns files {stray:?}");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mounts: Vec<&str> = mountinfo
+            .lines()
+            .filter(|l| l.contains("/netns/slot-"))
+            .filter(|l| {
+                !owned_paths
+                    .iter()
+                    .any(|p| l.contains(&*p.to_string_lossy()))
+            })
+            .collect();
+        assert!(mounts.is_empty(), "LEAK: mounts {mounts:?}");
+        // The table's rules only name the `fkh*` wildcard, never one slot.
+        let table = nft(&["list", "table", "inet", "firkin"]);
+        for word in table.split(|c: char| !c.is_ascii_alphanumeric()) {
+            let per_slot = word.starts_with("fkh") && word.len() > 3;
+            assert!(
+                !per_slot,
+                "LEAK: per-slot nft rule naming {word} in\n{table}"
+            );
+        }
+    }
+
+    fn nft(args: &[&str]) -> String {
+        let out = Command::new("nft").args(args).output().expect("run nft");
+        assert!(
+            out.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The packet counter of the rule in `chain` whose text contains `comment`.
+    fn counter(chain: &str, comment: &str) -> u64 {
+        let listing = nft(&["list", "chain", "inet", "firkin", chain]);
+        let rule = listing
+            .lines()
+            .find(|l| l.contains(comment))
+            .unwrap_or_else(|| panic!("no rule {comment:?} in\n{listing}"));
+        rule.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter in {rule}"))
+    }
+
+    /// Runs `f` on a fresh thread that has first entered the network namespace at `netns`.
+    fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let netns = netns.to_owned();
+        std::thread::spawn(move || {
+            let fd = File::open(&netns).expect("open netns");
+            move_into_link_name_space(fd.as_fd(), Some(LinkNameSpaceType::Network)).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    }
+
+    /// A TCP server answering "hi from <name>" to every connection, on a thread.
+    fn serve(listener: TcpListener, name: &'static str) -> SocketAddr {
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let _ = conn.write_all(format!("hi from {name}").as_bytes());
+            }
+        });
+        addr
+    }
+
+    fn fetch(addr: SocketAddr) -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+        s.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    /// Connects from inside `slot`; returns the outcome and how long it took.
+    fn connect_from(slot: &Slot, addr: SocketAddr) -> (std::io::Result<String>, Duration) {
+        in_netns(&slot.netns_path, move || {
+            let t = Instant::now();
+            let r = fetch(addr);
+            (r, t.elapsed())
+        })
+    }
+
+    fn assert_blocked(slot: &Slot, addr: SocketAddr, what: &str) {
+        let (r, took) = connect_from(slot, addr);
+        assert!(
+            r.is_err(),
+            "{what} ({addr}) reachable from {}: {r:?}",
+            slot.host_if
+        );
+        eprintln!("  {what} {addr}: blocked in {took:?} ({})", r.unwrap_err());
+    }
+
+    fn test_config(pool_size: usize) -> NetConfig {
+        NetConfig {
+            pool_size,
+            ..NetConfig::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn host_reaches_sandbox_and_sandbox_is_fenced() {
+        if !root_or_skip("host_reaches_sandbox_and_sandbox_is_fenced") || !nft_or_skip("fence") {
+            return;
+        }
+        let _serial = SERIAL.lock().await;
+        let config = test_config(1);
+        let _cleanup = Cleanup::new(&config);
+        let pool = SlotPool::start(config.clone(), &[])
+            .await
+            .expect("start pool");
+        let a = pool.take(true).await.expect("take a");
+        let mut b = pool.take(false).await.expect("take b");
+        assert_eq!(std::fs::read_to_string(IP_FORWARD).unwrap().trim(), "1");
+
+        // The daemon's direction: host -> sandbox, any port.
+        let a_srv = serve(
+            in_netns(&a.netns_path, {
+                let ip = a.sandbox_ip;
+                move || TcpListener::bind((ip, 0)).unwrap()
+            }),
+            "a",
+        );
+        let b_srv = serve(
+            in_netns(&b.netns_path, {
+                let ip = b.sandbox_ip;
+                move || TcpListener::bind((ip, 0)).unwrap()
+            }),
+            "b",
+        );
+        assert_eq!(fetch(a_srv).expect("host -> a"), "hi from a");
+        assert_eq!(fetch(b_srv).expect("host -> b"), "hi from b");
+
+        // Host services the sandbox must not reach.
+        let lo = serve(
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap(),
+            "host lo",
+        );
+        let gw_a = serve(TcpListener::bind((a.host_ip, 0)).unwrap(), "host gw a");
+        let gw_b = serve(TcpListener::bind((b.host_ip, 0)).unwrap(), "host gw b");
+        assert_eq!(fetch(lo).unwrap(), "hi from host lo");
+        eprintln!("from {} (internet allowed):", a.host_if);
+        assert_blocked(&a, lo, "host loopback service (the slot's own lo)");
+        assert_blocked(
+            &a,
+            SocketAddr::new(a.host_ip.into(), lo.port()),
+            "host lo port via gateway",
+        );
+        // Those two listeners exist, so a refusal can only come from the rules: check that
+        // the "sandbox to host" and "slot range" counters moved.
+        let to_host = counter("input", "sandbox to host");
+        let to_range = counter("forward", "slot range");
+        assert_blocked(&a, gw_a, "host service on the slot's gateway");
+        assert_blocked(&a, gw_b, "host service on another slot's gateway");
+        assert!(counter("input", "sandbox to host") >= to_host + 2);
+        assert_blocked(&a, b_srv, "another slot's listener");
+        assert!(counter("forward", "slot range") > to_range);
+        let (r, took) = connect_from(&a, gw_a);
+        assert!(
+            r.is_err() && took < Duration::from_millis(500),
+            "reject is fast: {took:?}"
+        );
+
+        // Link-local / metadata: check the rule first, then that an attempt fails fast (the
+        // reject happens in the host's forward hook: nothing leaves the machine).
+        let ruleset = nft(&["list", "chain", "inet", "firkin", "forward"]);
+        let rule = ruleset
+            .lines()
+            .find(|l| l.contains("ip daddr 169.254.0.0/16"))
+            .unwrap_or_else(|| panic!("no link-local rule in\n{ruleset}"));
+        assert!(
+            rule.contains("iifname \"fkh*\"") && rule.contains("goto refuse"),
+            "{rule}"
+        );
+        let refuse = nft(&["list", "chain", "inet", "firkin", "refuse"]);
+        assert!(refuse.contains("reject"), "{refuse}");
+        let before = counter("forward", "link-local and metadata");
+        let metadata = SocketAddr::from((Ipv4Addr::new(169, 254, 169, 254), 80));
+        let (r, took) = connect_from(&a, metadata);
+        assert!(
+            r.is_err() && took < Duration::from_millis(500),
+            "{r:?} after {took:?}"
+        );
+        let after = counter("forward", "link-local and metadata");
+        assert!(
+            after > before,
+            "the attempt was rejected by the link-local rule"
+        );
+        eprintln!(
+            "  metadata {metadata}: rejected by the forward rule in {took:?} ({})",
+            r.unwrap_err()
+        );
+
+        // Egress switch: the host-side veth's link group, matched by one static rule.
+        // nft prints the group in decimal.
+        let egress = format!("iifgroup {}", firkin_linux::net::nft::EGRESS_GROUP);
+        assert!(ruleset.contains(&egress), "{ruleset}");
+        let group = |s: &Slot| {
+            let path = format!("/sys/class/net/{}/netdev_group", s.host_if);
+            std::fs::read_to_string(path)
+                .unwrap()
+                .trim()
+                .parse::<u32>()
+                .unwrap()
+        };
+        assert_eq!(group(&a), firkin_linux::net::nft::EGRESS_GROUP);
+        assert_eq!(group(&b), 0);
+        b.set_internet_access(true).await.expect("allow b");
+        assert_eq!(group(&b), firkin_linux::net::nft::EGRESS_GROUP);
+        b.set_internet_access(false).await.expect("block b");
+        b.set_internet_access(false).await.expect("block b twice");
+        assert_eq!(group(&b), 0);
+        assert!(!b.internet_access);
+        eprintln!("from {} (internet blocked):", b.host_if);
+        assert_blocked(&b, gw_b, "host service on the slot's gateway");
+        assert_blocked(&b, a_srv, "another slot's listener");
+
+        // Release is idempotent.
+        let a2 = a.clone();
+        pool.release(a).await.expect("release a");
+        pool.release(a2).await.expect("release a again");
+        pool.release(b).await.expect("release b");
+        pool.shutdown().await.expect("shutdown");
+        leak_check(&config, &[]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pool_serves_concurrent_takes_and_measures() {
+        if !root_or_skip("pool_serves_concurrent_takes_and_measures") || !nft_or_skip("pool") {
+            return;
+        }
+        let _serial = SERIAL.lock().await;
+        let config = test_config(4);
+        let _cleanup = Cleanup::new(&config);
+        let pool = std::sync::Arc::new(SlotPool::start(config.clone(), &[]).await.expect("start"));
+        assert!(
+            pool.wait_full(Duration::from_secs(10)).await,
+            "pool did not fill"
+        );
+
+        let takes: Vec<_> = (0..4)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let slot = pool.take(true).await.expect("take");
+                    (slot, t.elapsed())
+                })
+            })
+            .collect();
+        let mut slots = Vec::new();
+        let mut take_times = Vec::new();
+        for t in takes {
+            let (slot, took) = t.await.unwrap();
+            take_times.push(took);
+            slots.push(slot);
+        }
+        let mut indices: Vec<u32> = slots.iter().map(|s| s.index).collect();
+        indices.sort();
+        indices.dedup();
+        assert_eq!(indices.len(), 4, "distinct slots: {slots:?}");
+        for s in &slots {
+            s.open_netns().expect("netns is pinned");
+            let srv = serve(
+                in_netns(&s.netns_path, {
+                    let ip = s.sandbox_ip;
+                    move || TcpListener::bind((ip, 0)).unwrap()
+                }),
+                "slot",
+            );
+            assert_eq!(fetch(srv).unwrap(), "hi from slot");
+        }
+        // Serialized state round-trips into an equal slot (what re-adoption stores).
+        let json = serde_json::to_string(&slots[0]).unwrap();
+        assert_eq!(serde_json::from_str::<Slot>(&json).unwrap(), slots[0]);
+
+        let releases: Vec<_> = slots
+            .into_iter()
+            .map(|slot| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    pool.release(slot).await.expect("release");
+                    t.elapsed()
+                })
+            })
+            .collect();
+        let mut release_times = Vec::new();
+        for r in releases {
+            release_times.push(r.await.unwrap());
+        }
+        eprintln!("take from a warm pool (4 concurrent): {take_times:?}");
+        eprintln!("release (4 concurrent, while the pool refills): {release_times:?}");
+        let t = Instant::now();
+        pool.settle().await;
+        eprintln!("background veth deletions finished {:?} later", t.elapsed());
+        let pool = std::sync::Arc::into_inner(pool).expect("no other owner");
+        pool.shutdown().await.expect("shutdown");
+        leak_check(&config, &[]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn timings_and_reclaim_after_a_crash() {
+        if !root_or_skip("timings_and_reclaim_after_a_crash") || !nft_or_skip("timings") {
+            return;
+        }
+        let _serial = SERIAL.lock().await;
+        const RUNS: usize = 20;
+
+        // Prepare inline (pool_size 0: every take prepares) and tear down, one at a time.
+        let config = test_config(0);
+        let _cleanup = Cleanup::new(&config);
+        let pool = SlotPool::start(config.clone(), &[]).await.expect("start");
+        let (mut prepare, mut release, mut full) = (Vec::new(), Vec::new(), Vec::new());
+        for internet in [false, true] {
+            for _ in 0..RUNS {
+                let t = Instant::now();
+                let slot = pool.take(internet).await.expect("take");
+                prepare.push(t.elapsed());
+                let t = Instant::now();
+                pool.release(slot).await.expect("release");
+                release.push(t.elapsed());
+                pool.settle().await;
+                full.push(t.elapsed());
+            }
+        }
+        let med = |mut v: Vec<Duration>| {
+            v.sort();
+            (v[v.len() / 2], v[v.len() * 9 / 10])
+        };
+        eprintln!(
+            "prepare one slot (inline take):        median/p90 {:?}",
+            med(prepare)
+        );
+        eprintln!(
+            "release (umount; veth deleted later):  median/p90 {:?}",
+            med(release)
+        );
+        eprintln!(
+            "release + background veth deletion:    median/p90 {:?}",
+            med(full)
+        );
+        pool.shutdown().await.expect("shutdown");
+        leak_check(&config, &[]);
+
+        // Warm pool: take when all slots are ready.
+        let config = test_config(4);
+        let pool = SlotPool::start(config.clone(), &[]).await.expect("start");
+        let mut warm = Vec::new();
+        for _ in 0..5 {
+            assert!(pool.wait_full(Duration::from_secs(10)).await);
+            let t = Instant::now();
+            let slot = pool.take(true).await.expect("take");
+            warm.push(t.elapsed());
+            pool.release(slot).await.expect("release");
+        }
+        eprintln!(
+            "take from a warm pool:                 median/p90 {:?}",
+            med(warm)
+        );
+        pool.settle().await;
+
+        // A crashed daemon: drop the pool without shutdown, keep one slot as "still running".
+        let kept = pool.take(false).await.expect("take");
+        assert!(pool.wait_full(Duration::from_secs(10)).await);
+        drop(pool);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let left = find_leftovers(&config, std::slice::from_ref(&kept)).unwrap();
+        assert_eq!(
+            left.links.len(),
+            4,
+            "the dropped pool's ready slots: {left:?}"
+        );
+        // The new daemon's pool stays empty here so the check sees only what reclaim left.
+        let config = test_config(0);
+        let pool = SlotPool::start(config.clone(), std::slice::from_ref(&kept))
+            .await
+            .expect("restart keeps one");
+        leak_check(&config, std::slice::from_ref(&kept));
+        let fresh = pool.take(false).await.expect("take after restart");
+        assert_ne!(fresh.index, kept.index, "kept index stays reserved");
+        kept.open_netns().expect("kept slot survives reclaim");
+        pool.release(fresh).await.unwrap();
+        pool.release(kept.clone()).await.unwrap();
+        pool.release(kept)
+            .await
+            .expect("a second release is a no-op");
+        pool.shutdown().await.unwrap();
+        leak_check(&config, &[]);
+    }
+}
