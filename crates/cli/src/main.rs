@@ -1,6 +1,7 @@
 //! `firkin`: the sandbox runtime's command line.
 //!
-//! Today it manages the durable state (`firkin state ...`); the daemon (`firkin serve`) and
+//! Today it manages the durable state (`firkin state ...`) and checks the host
+//! (`firkin doctor`); the daemon (`firkin serve`) and
 //! the sandbox client commands arrive with the E2B layer and the Linux driver.
 
 #![forbid(unsafe_code)]
@@ -35,6 +36,10 @@ enum Command {
         #[command(subcommand)]
         command: state_cmd::StateCommand,
     },
+    /// Check which kernel features this host has, and what does not work without them.
+    ///
+    /// Always exits 0: a missing feature is reported, not an error.
+    Doctor,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
             let dir = state_dir.unwrap_or_else(default_state_dir);
             state_cmd::run(&dir, command, cli.json)
         }
+        Command::Doctor => doctor(cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -59,6 +65,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `firkin doctor`: the report as a table, or as JSON with `--json` (the summary line then goes
+/// to stderr, so stdout stays one JSON document).
+fn doctor(json: bool) -> anyhow::Result<()> {
+    let report = firkin_linux::doctor::DoctorReport::run();
+    if json {
+        let mut value = serde_json::to_value(&report)?;
+        value["passed"] = report.passed().into();
+        value["failed"] = (report.checks.len() - report.passed()).into();
+        value["summary"] = report.summary().into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        eprintln!("{}", report.summary());
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }
 
 /// `/var/lib/firkin` for root; otherwise `$XDG_STATE_HOME/firkin`, falling back to
