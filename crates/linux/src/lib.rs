@@ -7,6 +7,7 @@
 
 pub mod cgroup;
 pub mod doctor;
+pub mod driver;
 pub mod net;
 pub mod rootfs;
 pub mod sandbox;

@@ -1,0 +1,415 @@
+//! `NamespaceDriver`: the `RuntimeDriver` that makes each sandbox a set of namespaces with an
+//! overlay root over the `base` template, a cgroup, a network slot and envd as PID 1.
+//!
+//! Create, in order (each step undone if a later one fails): the sandbox's directories
+//! (overlay upper and work, its own `/etc/hosts` and `/etc/hostname`), its cgroup with the
+//! requested limits, a slot from the pool, the launch (see [`crate::sandbox`]), then the wait
+//! until envd answers `/health` on the slot's address, and the env vars pushed through
+//! `/init`. Delete kills the cgroup, releases the slot and removes the directories; it is
+//! idempotent. The runtime handle (PID 1 and its start time, cgroup, slot, directory) is what
+//! a new daemon re-adopts.
+//!
+//! Not yet: idmapped lower layers (with the shared id shift, host-root-owned files under
+//! `/usr` appear as `nobody` and setuid `sudo` refuses to run), snapshots.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use firkin_single_node::{
+    Error, PortRegistry, Result, RuntimeCreatedSandbox, RuntimeDriver, RuntimeHandle,
+    SingleNodeCreateRequest,
+};
+
+use crate::cgroup::{CgroupHandle, CgroupLayout, CgroupLimits, SandboxCgroup};
+use crate::net::{NetConfig, Slot, SlotPool};
+use crate::rootfs::{BaseTemplate, HostFacts};
+use crate::sandbox::InitSpec;
+use crate::sandbox::spawn::{IdMap, launch};
+
+/// envd's port inside every sandbox.
+pub const ENVD_PORT: u16 = 49983;
+
+/// Settings of the driver.
+#[derive(Clone, Debug)]
+pub struct NamespaceConfig {
+    /// Where templates and sandbox directories live.
+    pub state_dir: PathBuf,
+    /// The envd binary bound into every sandbox (static, see `scripts/build-envd`).
+    pub envd_binary: PathBuf,
+    /// The `firkin-sandbox-init` helper.
+    pub init_helper: PathBuf,
+    /// Host id of sandbox root (sandbox ids 0..65536 map from here).
+    pub id_shift: u32,
+    /// Network slots.
+    pub net: NetConfig,
+    /// How long a new sandbox's envd gets to answer.
+    pub ready_timeout: Duration,
+    /// PIDs a sandbox may hold.
+    pub pids_max: u64,
+}
+
+impl NamespaceConfig {
+    /// Defaults for state under `state_dir`, with the given binaries.
+    #[must_use]
+    pub fn new(
+        state_dir: impl Into<PathBuf>,
+        envd_binary: impl Into<PathBuf>,
+        init_helper: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            envd_binary: envd_binary.into(),
+            init_helper: init_helper.into(),
+            id_shift: 100_000,
+            net: NetConfig::default(),
+            ready_timeout: Duration::from_secs(10),
+            pids_max: 4096,
+        }
+    }
+}
+
+/// What a new daemon needs to find a sandbox again.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Handle {
+    pid1: u32,
+    start_time: u64,
+    cgroup: CgroupHandle,
+    slot: Slot,
+    dir: PathBuf,
+}
+
+/// The Linux namespaces driver.
+#[derive(Debug)]
+pub struct NamespaceDriver {
+    config: NamespaceConfig,
+    layout: CgroupLayout,
+    slots: SlotPool,
+    template: BaseTemplate,
+    live: Mutex<HashMap<String, Handle>>,
+}
+
+fn launch_failed(what: impl std::fmt::Display) -> Error {
+    Error::RuntimeLaunchFailed(what.to_string())
+}
+
+impl NamespaceDriver {
+    /// A driver: builds (or reuses) the `base` template, detects cgroups and starts the slot
+    /// pool, keeping the slots of `surviving` sandboxes (their stored handles) and reclaiming
+    /// every other firkin slot.
+    ///
+    /// # Errors
+    ///
+    /// When the template, cgroups or network cannot be set up.
+    pub async fn new(config: NamespaceConfig, surviving: &[RuntimeHandle]) -> Result<Self> {
+        let host = HostFacts::read().map_err(launch_failed)?;
+        let template = BaseTemplate::build(
+            &config.state_dir.join("templates/base"),
+            &host,
+            config.id_shift,
+        )
+        .map_err(launch_failed)?;
+        let layout = CgroupLayout::detect().map_err(launch_failed)?;
+        let keep: Vec<Slot> = surviving
+            .iter()
+            .filter_map(|handle| serde_json::from_str::<Handle>(&handle.0).ok())
+            .map(|handle| handle.slot)
+            .collect();
+        let slots = SlotPool::start(config.net.clone(), &keep)
+            .await
+            .map_err(launch_failed)?;
+        Ok(Self {
+            config,
+            layout,
+            slots,
+            template,
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("sandboxes").join(id)
+    }
+
+    fn prepare_dirs(&self, id: &str) -> std::io::Result<PathBuf> {
+        let dir = self.sandbox_dir(id);
+        let shift = self.config.id_shift;
+        for sub in ["upper/etc", "work", "root"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        std::fs::write(dir.join("upper/etc/hosts"), crate::rootfs::hosts_file(id))?;
+        std::fs::write(
+            dir.join("upper/etc/hostname"),
+            crate::rootfs::hostname_file(id),
+        )?;
+        for path in [
+            "upper",
+            "upper/etc",
+            "upper/etc/hosts",
+            "upper/etc/hostname",
+            "work",
+        ] {
+            std::os::unix::fs::lchown(dir.join(path), Some(shift), Some(shift))?;
+        }
+        Ok(dir)
+    }
+
+    async fn teardown(&self, handle: &Handle) -> Result<()> {
+        if let Ok(cgroup) = SandboxCgroup::open(handle.cgroup.clone()) {
+            cgroup.remove().map_err(launch_failed)?;
+        }
+        self.slots
+            .release(handle.slot.clone())
+            .await
+            .map_err(launch_failed)?;
+        match std::fs::remove_dir_all(&handle.dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(launch_failed(format!(
+                "remove {}: {error}",
+                handle.dir.display()
+            ))),
+        }
+    }
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat): with the pid,
+/// it names one process for good, whatever pids get reused.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split(' ')
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// One HTTP/1.1 request to envd; returns the status line's code.
+fn envd_request(address: SocketAddr, request: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    String::from_utf8_lossy(&response)
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn wait_for_envd(address: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if envd_request(
+            address,
+            "GET /health HTTP/1.1\r\nHost: envd\r\nConnection: close\r\n\r\n",
+        ) == Some(204)
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+fn random_token() -> String {
+    firkin_single_node::SandboxId::generate().to_string()
+}
+
+#[async_trait]
+impl RuntimeDriver for NamespaceDriver {
+    fn name(&self) -> &str {
+        "linux-namespaces"
+    }
+
+    async fn create(
+        &self,
+        request: &SingleNodeCreateRequest,
+        ports: &PortRegistry,
+    ) -> Result<RuntimeCreatedSandbox> {
+        let id = request.sandbox_id().as_str().to_owned();
+        if request.template_id() != "base" {
+            return Err(Error::SnapshotNotFound(format!(
+                "template {}",
+                request.template_id()
+            )));
+        }
+        let dir = self.prepare_dirs(&id).map_err(launch_failed)?;
+        let resources = request.resources();
+        let limits = CgroupLimits {
+            cpu_millis: Some(u64::from(resources.vcpus) * 1000),
+            memory_bytes: Some(resources.memory_bytes),
+            pids_max: Some(self.config.pids_max),
+        };
+        let cgroup = match SandboxCgroup::create(&self.layout, &id, &limits) {
+            Ok(cgroup) => cgroup,
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(launch_failed(error));
+            }
+        };
+        let slot = match self.slots.take(request.allow_internet_access()).await {
+            Ok(slot) => slot,
+            Err(error) => {
+                let _ = cgroup.remove();
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(launch_failed(error));
+            }
+        };
+        let token = random_token();
+        let spec = InitSpec {
+            hostname: id.clone(),
+            netns: Some(slot.netns_path.clone()),
+            lower_dirs: vec![self.template.rootfs()],
+            upper_dir: dir.join("upper"),
+            work_dir: dir.join("work"),
+            root_dir: dir.join("root"),
+            read_only_binds: vec![(PathBuf::from("/usr"), PathBuf::from("/usr"))],
+            envd_binary: self.config.envd_binary.clone(),
+            envd_args: [
+                "--listen",
+                "0.0.0.0:49983",
+                "--access-token",
+                &token,
+                "--default-user",
+                "user",
+            ]
+            .map(String::from)
+            .to_vec(),
+            envd_env: vec![],
+        };
+        let helper = self.config.init_helper.clone();
+        let ids = IdMap {
+            host_start: self.config.id_shift,
+            count: 65_536,
+        };
+        let procs = cgroup.procs_paths();
+        let address = SocketAddr::new(slot.sandbox_ip.into(), ENVD_PORT);
+        let timeout = self.config.ready_timeout;
+        let envs = request.env().clone();
+        let started = tokio::task::spawn_blocking(move || {
+            let launched = launch(&helper, &spec, ids, &procs).map_err(launch_failed)?;
+            if !wait_for_envd(address, timeout) {
+                return Err(launch_failed(format!("envd did not answer within {timeout:?}")));
+            }
+            if !envs.is_empty() {
+                let body = serde_json::json!({ "envVars": envs }).to_string();
+                let request = format!(
+                    "POST /init HTTP/1.1\r\nHost: envd\r\nX-Access-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                if envd_request(address, &request) != Some(204) {
+                    return Err(launch_failed("envd refused the sandbox's environment"));
+                }
+            }
+            Ok((launched, token))
+        })
+        .await
+        .map_err(launch_failed)?;
+        let (launched, token) = match started {
+            Ok(started) => started,
+            Err(error) => {
+                let _ = cgroup.remove();
+                let _ = self.slots.release(slot).await;
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(error);
+            }
+        };
+        let handle = Handle {
+            pid1: launched.pid1,
+            start_time: start_time(launched.pid1).unwrap_or_default(),
+            cgroup: cgroup.handle().clone(),
+            slot: slot.clone(),
+            dir,
+        };
+        let runtime_handle = RuntimeHandle(serde_json::to_string(&handle).map_err(launch_failed)?);
+        ports.route_all_ports(&id, slot.sandbox_ip.into());
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, handle);
+        Ok(RuntimeCreatedSandbox {
+            client_id: "firkin-linux".to_owned(),
+            envd_access_token: Some(token),
+            traffic_access_token: None,
+            envd_version: None,
+            runtime_handle: Some(runtime_handle),
+        })
+    }
+
+    async fn delete(&self, sandbox_id: &str, handle: Option<&RuntimeHandle>) -> Result<()> {
+        let known = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(sandbox_id);
+        let handle = match known.or_else(|| handle.and_then(|h| serde_json::from_str(&h.0).ok())) {
+            Some(handle) => handle,
+            // Nothing was ever made, or it is already gone: deleting is done.
+            None => return Ok(()),
+        };
+        self.teardown(&handle).await
+    }
+
+    async fn adopt(
+        &self,
+        sandbox_id: &str,
+        handle: Option<&RuntimeHandle>,
+        ports: &PortRegistry,
+    ) -> Result<bool> {
+        let Some(handle) = handle.and_then(|h| serde_json::from_str::<Handle>(&h.0).ok()) else {
+            return Ok(false);
+        };
+        let alive = start_time(handle.pid1) == Some(handle.start_time)
+            && SandboxCgroup::open(handle.cgroup.clone()).is_ok();
+        if !alive {
+            // Whatever is left of it goes.
+            self.teardown(&handle).await?;
+            return Ok(false);
+        }
+        ports.route_all_ports(sandbox_id, handle.slot.sandbox_ip.into());
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(sandbox_id.to_owned(), handle);
+        Ok(true)
+    }
+
+    async fn pause(&self, sandbox_id: &str) -> Result<()> {
+        self.cgroup_of(sandbox_id)?.freeze().map_err(launch_failed)
+    }
+
+    async fn resume(&self, sandbox_id: &str) -> Result<()> {
+        self.cgroup_of(sandbox_id)?.thaw().map_err(launch_failed)
+    }
+}
+
+impl NamespaceDriver {
+    fn cgroup_of(&self, sandbox_id: &str) -> Result<SandboxCgroup> {
+        let handle = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(sandbox_id)
+            .map(|handle| handle.cgroup.clone())
+            .ok_or_else(|| Error::SandboxNotFound(sandbox_id.to_owned()))?;
+        SandboxCgroup::open(handle).map_err(launch_failed)
+    }
+
+    /// The directory holding a sandbox's overlay layers.
+    #[must_use]
+    pub fn sandbox_path(&self, sandbox_id: &str) -> PathBuf {
+        self.sandbox_dir(sandbox_id)
+    }
+
+    /// Where the state lives.
+    #[must_use]
+    pub fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+}

@@ -1,0 +1,168 @@
+//! The Linux driver under the real backend: create a `base` sandbox (cgroup, slot, template,
+//! envd as PID 1), run commands in it with its env vars and default user, pause and resume
+//! it, delete it, and leave nothing behind. Needs root, nftables and a built envd; skips
+//! with a message otherwise.
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use firkin_linux::driver::{NamespaceConfig, NamespaceDriver};
+    use firkin_single_node::{
+        SandboxResources, SandboxState, SingleNodeBackend, SingleNodeConfig,
+        SingleNodeCreateRequest, StateStore,
+    };
+
+    fn envd_binary() -> PathBuf {
+        std::env::var_os("FIRKIN_ENVD_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/firkin-envd")
+            })
+    }
+
+    /// `sh -c script` through envd's Start; returns stdout.
+    fn run(address: SocketAddr, token: &str, script: &str) -> String {
+        let body = serde_json::json!({ "process": { "cmd": "/bin/sh", "args": ["-c", script] }, "stdin": false });
+        let payload = body.to_string().into_bytes();
+        let mut envelope = vec![0_u8];
+        envelope.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+        envelope.extend_from_slice(&payload);
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "POST /process.Process/Start HTTP/1.1\r\nHost: envd\r\nX-Access-Token: {token}\r\nContent-Type: application/connect+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            envelope.len()
+        )
+        .unwrap();
+        stream.write_all(&envelope).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let mut stdout = Vec::new();
+        for part in response.split("\"stdout\":\"").skip(1) {
+            let encoded = part.split('"').next().unwrap();
+            stdout.extend(decode(encoded));
+        }
+        String::from_utf8_lossy(&stdout).into_owned()
+    }
+
+    fn decode(text: &str) -> Vec<u8> {
+        let value = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            _ => 63,
+        };
+        let digits: Vec<u8> = text.bytes().filter(|c| *c != b'=').map(value).collect();
+        digits
+            .chunks(4)
+            .flat_map(|chunk| {
+                let bits = chunk
+                    .iter()
+                    .fold(0_u32, |acc, d| (acc << 6) | u32::from(*d))
+                    << (6 * (4 - chunk.len()));
+                bits.to_be_bytes()[1..chunk.len()].to_vec()
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn create_run_pause_delete_and_nothing_leaks() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP driver test: needs root");
+            return;
+        }
+        if std::process::Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIP driver test: needs nftables (nft)");
+            return;
+        }
+        let envd = envd_binary();
+        if !envd.exists() {
+            eprintln!("SKIP driver test: {} not built", envd.display());
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let mut config = NamespaceConfig::new(
+            state.path(),
+            envd,
+            env!("CARGO_BIN_EXE_firkin-sandbox-init"),
+        );
+        // A range of its own, so the net tests' slots are not reclaimed by this pool.
+        config.net.range = "10.201.0.0/16".parse().unwrap();
+        config.net.netns_dir = state.path().join("netns");
+        config.net.pool_size = 1;
+        let driver = NamespaceDriver::new(config.clone(), &[]).await.unwrap();
+        let backend = SingleNodeBackend::builder(
+            SingleNodeConfig::new(state.path().join("db")),
+            Arc::new(driver),
+        )
+        .state(StateStore::new().unwrap())
+        .disk_guard(firkin_single_node::DiskPressureGuard::with_probe(
+            state.path(),
+            0,
+            0,
+            Arc::new(firkin_single_node::StatvfsDiskProbe),
+        ))
+        .build()
+        .await
+        .unwrap();
+
+        let started = std::time::Instant::now();
+        let sandbox = backend
+            .create(
+                SingleNodeCreateRequest::new("base", SandboxResources::from_mib(1, 256))
+                    .with_env("GREETING", "hello from firkin"),
+            )
+            .await
+            .unwrap();
+        eprintln!("create -> envd answering: {:?}", started.elapsed());
+        let id = sandbox.sandbox_id().to_owned();
+        let token = sandbox.record().envd_access_token.clone().unwrap();
+        let address = backend.ports().target(&id, 49983).unwrap();
+        let out = run(address, &token, "echo $GREETING; whoami; hostname; pwd");
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            ["hello from firkin", "user", id.as_str(), "/home/user"],
+            "{out}"
+        );
+
+        backend.pause(&id).await.unwrap();
+        assert_eq!(backend.get(&id).unwrap().state(), SandboxState::Paused);
+        backend.resume(&id, None).await.unwrap();
+        assert_eq!(run(address, &token, "echo back").trim(), "back");
+
+        backend.delete(&id).await.unwrap();
+        assert!(
+            std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_millis(200))
+                .is_err()
+        );
+        assert!(
+            !state.path().join("sandboxes").join(&id).exists(),
+            "sandbox directory left behind"
+        );
+        let layout = firkin_linux::cgroup::CgroupLayout::detect().unwrap();
+        assert!(
+            !layout.firkin_cgroups().unwrap().contains(&id),
+            "cgroup left behind"
+        );
+        drop(backend);
+        // The pool's own spare slots go with it.
+        let leftovers = firkin_linux::net::reclaim_leftovers(&config.net, &[])
+            .await
+            .unwrap();
+        eprintln!("spare slots reclaimed at the end: {leftovers:?}");
+        assert!(
+            firkin_linux::net::find_leftovers(&config.net, &[])
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
