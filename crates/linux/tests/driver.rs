@@ -3,8 +3,11 @@
 //! it, delete it, and leave nothing behind. Needs root, nftables and a built envd; skips
 //! with a message otherwise.
 
+mod common;
+
 #[cfg(test)]
 mod tests {
+    use super::common;
     use std::io::{Read, Write};
     use std::net::SocketAddr;
     use std::path::{Path, PathBuf};
@@ -26,48 +29,13 @@ mod tests {
 
     /// `sh -c script` through envd's Start; returns stdout.
     fn run(address: SocketAddr, token: &str, script: &str) -> String {
-        let body = serde_json::json!({ "process": { "cmd": "/bin/sh", "args": ["-c", script] }, "stdin": false });
-        let payload = body.to_string().into_bytes();
-        let mut envelope = vec![0_u8];
-        envelope.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
-        envelope.extend_from_slice(&payload);
         let mut stream = std::net::TcpStream::connect(address).unwrap();
-        write!(
-            stream,
-            "POST /process.Process/Start HTTP/1.1\r\nHost: envd\r\nX-Access-Token: {token}\r\nContent-Type: application/connect+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            envelope.len()
-        )
-        .unwrap();
-        stream.write_all(&envelope).unwrap();
+        stream
+            .write_all(&common::start_request(Some(token), script))
+            .unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
-        let mut stdout = Vec::new();
-        for part in response.split("\"stdout\":\"").skip(1) {
-            let encoded = part.split('"').next().unwrap();
-            stdout.extend(decode(encoded));
-        }
-        String::from_utf8_lossy(&stdout).into_owned()
-    }
-
-    fn decode(text: &str) -> Vec<u8> {
-        let value = |c: u8| match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            _ => 63,
-        };
-        let digits: Vec<u8> = text.bytes().filter(|c| *c != b'=').map(value).collect();
-        digits
-            .chunks(4)
-            .flat_map(|chunk| {
-                let bits = chunk
-                    .iter()
-                    .fold(0_u32, |acc, d| (acc << 6) | u32::from(*d))
-                    << (6 * (4 - chunk.len()));
-                bits.to_be_bytes()[1..chunk.len()].to_vec()
-            })
-            .collect()
+        common::parse_start_response(&response).0
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,11 @@
 //! `/usr`, envd as PID 1 answering `/health` inside its own network namespace; killing PID 1
 //! takes everything down and leaves no mount on the host. Needs root; skips otherwise.
 
+mod common;
+
 #[cfg(test)]
 mod tests {
+    use super::common;
     use std::io::{Read, Write};
     use std::os::unix::fs::{PermissionsExt, symlink};
     use std::path::{Path, PathBuf};
@@ -84,13 +87,9 @@ mod tests {
     }
 
     /// Run `script` with `/bin/sh -c` through envd's Start inside `pid`'s network namespace;
-    /// returns (stdout, exit code) decoded from the Connect JSON stream.
+    /// returns (stdout, exit code).
     fn run_inside(pid: u32, script: &str) -> (String, i32) {
-        let body = serde_json::json!({ "process": { "cmd": "/bin/sh", "args": ["-c", script] }, "stdin": false });
-        let payload = body.to_string().into_bytes();
-        let mut envelope = vec![0_u8];
-        envelope.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        envelope.extend_from_slice(&payload);
+        let request = common::start_request(None, script);
         let response = std::thread::spawn(move || {
             let netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
             rustix::thread::move_into_link_name_space(
@@ -99,56 +98,14 @@ mod tests {
             )
             .unwrap();
             let mut stream = std::net::TcpStream::connect("127.0.0.1:49983").unwrap();
-            write!(
-                stream,
-                "POST /process.Process/Start HTTP/1.1\r\nHost: envd\r\nContent-Type: application/connect+json\r\nConnect-Protocol-Version: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                envelope.len()
-            )
-            .unwrap();
-            stream.write_all(&envelope).unwrap();
+            stream.write_all(&request).unwrap();
             let mut response = Vec::new();
             stream.read_to_end(&mut response).unwrap();
             String::from_utf8_lossy(&response).into_owned()
         })
         .join()
         .unwrap();
-        let mut stdout = Vec::new();
-        for part in response.split("\"stdout\":\"").skip(1) {
-            let encoded = part.split('"').next().unwrap();
-            stdout.extend(base64_decode(encoded));
-        }
-        let exit_code = response.split("\"exitCode\":").nth(1).map_or(0, |rest| {
-            rest.trim_start()
-                .split(|c: char| c != '-' && !c.is_ascii_digit())
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        });
-        assert!(response.contains("\"end\""), "no end event: {response}");
-        (String::from_utf8_lossy(&stdout).into_owned(), exit_code)
-    }
-
-    fn base64_decode(text: &str) -> Vec<u8> {
-        let value = |c: u8| match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            _ => 63,
-        };
-        let digits: Vec<u8> = text.bytes().filter(|c| *c != b'=').map(value).collect();
-        digits
-            .chunks(4)
-            .flat_map(|chunk| {
-                let bits = chunk
-                    .iter()
-                    .fold(0_u32, |acc, d| (acc << 6) | u32::from(*d))
-                    << (6 * (4 - chunk.len()));
-                let bytes = bits.to_be_bytes();
-                bytes[1..chunk.len()].to_vec()
-            })
-            .collect()
+        common::parse_start_response(&response)
     }
 
     /// Kills a sandbox (PID 1, then its whole cgroup) when dropped, so a failing assertion
