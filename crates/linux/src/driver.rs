@@ -7,7 +7,8 @@
 //! until envd answers `/health` on the slot's address, and the env vars pushed through
 //! `/init`. Delete kills the cgroup, releases the slot and removes the directories; it is
 //! idempotent. The runtime handle (PID 1 and its start time, cgroup, slot, directory) is what
-//! a new daemon re-adopts.
+//! a new daemon re-adopts; whatever else carries firkin's names (cgroups, sandbox
+//! directories, slots) is reclaimed when the driver starts.
 //!
 //! Not yet: idmapped lower layers (with the shared id shift, host-root-owned files under
 //! `/usr` appear as `nobody` and setuid `sudo` refuses to run), snapshots.
@@ -114,11 +115,12 @@ impl NamespaceDriver {
         )
         .map_err(launch_failed)?;
         let layout = CgroupLayout::detect().map_err(launch_failed)?;
-        let keep: Vec<Slot> = surviving
+        let surviving: Vec<Handle> = surviving
             .iter()
             .filter_map(|handle| serde_json::from_str::<Handle>(&handle.0).ok())
-            .map(|handle| handle.slot)
             .collect();
+        reclaim_leftovers(&config, &layout, &surviving)?;
+        let keep: Vec<Slot> = surviving.iter().map(|handle| handle.slot.clone()).collect();
         let slots = SlotPool::start(config.net.clone(), &keep)
             .await
             .map_err(launch_failed)?;
@@ -175,6 +177,36 @@ impl NamespaceDriver {
             ))),
         }
     }
+}
+
+/// Remove every sandbox cgroup and sandbox directory that no surviving sandbox owns: what a
+/// daemon killed half-way through a create or delete left behind. (Slots are reclaimed by
+/// the pool.)
+fn reclaim_leftovers(
+    config: &NamespaceConfig,
+    layout: &CgroupLayout,
+    surviving: &[Handle],
+) -> Result<()> {
+    let owned = |name: &str| surviving.iter().any(|handle| handle.cgroup.name == name);
+    for name in layout.firkin_cgroups().map_err(launch_failed)? {
+        if !owned(&name) {
+            tracing::warn!(cgroup = %name, "reclaiming a leftover sandbox cgroup");
+            SandboxCgroup::reclaim(layout, &name).map_err(launch_failed)?;
+        }
+    }
+    let sandboxes = config.state_dir.join("sandboxes");
+    let Ok(entries) = std::fs::read_dir(&sandboxes) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !surviving.iter().any(|handle| handle.dir == path) {
+            tracing::warn!(dir = %path.display(), "removing a leftover sandbox directory");
+            std::fs::remove_dir_all(&path)
+                .map_err(|error| launch_failed(format!("remove {}: {error}", path.display())))?;
+        }
+    }
+    Ok(())
 }
 
 /// Start time of `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat): with the pid,

@@ -67,7 +67,26 @@ mod tests {
         config.net.range = "10.201.0.0/16".parse().unwrap();
         config.net.netns_dir = state.path().join("netns");
         config.net.pool_size = 1;
+        // Leftovers of a daemon that died half-way: a sandbox cgroup and a sandbox directory.
+        let layout = firkin_linux::cgroup::CgroupLayout::detect().unwrap();
+        let orphan = format!("orphan-{}", std::process::id());
+        firkin_linux::cgroup::SandboxCgroup::create(
+            &layout,
+            &orphan,
+            &firkin_linux::cgroup::CgroupLimits::default(),
+        )
+        .unwrap();
+        std::fs::create_dir_all(state.path().join("sandboxes").join(&orphan).join("upper"))
+            .unwrap();
         let driver = NamespaceDriver::new(config.clone(), &[]).await.unwrap();
+        assert!(
+            !layout.firkin_cgroups().unwrap().contains(&orphan),
+            "leftover cgroup not reclaimed"
+        );
+        assert!(
+            !state.path().join("sandboxes").join(&orphan).exists(),
+            "leftover dir not removed"
+        );
         let backend = SingleNodeBackend::builder(
             SingleNodeConfig::new(state.path().join("db")),
             Arc::new(driver),
