@@ -1,7 +1,9 @@
 //! Helpers shared by the Connect services.
 
+use std::time::Duration;
+
 use axum::http::HeaderMap;
-use connectrpc::ConnectError;
+use connectrpc::{ConnectError, RequestContext};
 
 use crate::auth::basic_auth_user;
 use crate::state::Envd;
@@ -33,4 +35,14 @@ pub fn to_connect_error(error: &(dyn std::error::Error + 'static)) -> ConnectErr
         source = cause.source();
     }
     ConnectError::internal(message)
+}
+
+/// `Keepalive-Ping-Interval` in seconds, if the client asked for keepalives on a stream.
+#[must_use]
+pub fn keepalive_interval(ctx: &RequestContext) -> Option<Duration> {
+    ctx.header("keepalive-ping-interval")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .filter(|seconds| *seconds > 0)
+        .map(Duration::from_secs)
 }

@@ -173,7 +173,7 @@ impl Filesystem for FilesystemService {
                 request.allow_network_mounts,
             )
             .await?;
-        let keepalive = keepalive_interval(&ctx).unwrap_or(DEFAULT_KEEPALIVE);
+        let keepalive = crate::rpc::keepalive_interval(&ctx).unwrap_or(DEFAULT_KEEPALIVE);
         let stream = watch_stream(watch, request.include_entry, keepalive, ctx.deadline());
         Ok(Response::new(Box::pin(stream)))
     }
@@ -221,15 +221,6 @@ impl Filesystem for FilesystemService {
         self.envd.watchers().remove(&request.watcher_id)?;
         Response::ok(RemoveWatcherResponse::default())
     }
-}
-
-/// `Keepalive-Ping-Interval` in seconds, if the client sent one.
-fn keepalive_interval(ctx: &RequestContext) -> Option<Duration> {
-    ctx.header("keepalive-ping-interval")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok())
-        .filter(|seconds| *seconds > 0)
-        .map(Duration::from_secs)
 }
 
 fn response(event: impl Into<WireEvent>) -> WatchDirResponse {

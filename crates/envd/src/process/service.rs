@@ -318,17 +318,13 @@ fn stream_response<R: Send + 'static>(
     events: mpsc::Receiver<Event>,
     wrap: fn(ProcessEvent) -> R,
 ) -> Response<ServiceStream<R>> {
-    let stream = event_stream(pid, events, keepalive_interval(ctx), ctx.deadline());
+    let stream = event_stream(
+        pid,
+        events,
+        crate::rpc::keepalive_interval(ctx),
+        ctx.deadline(),
+    );
     Response::new(Box::pin(stream.map(move |event| event.map(wrap))))
-}
-
-/// `Keepalive-Ping-Interval` in seconds, if the client asked for keepalives.
-fn keepalive_interval(ctx: &RequestContext) -> Option<Duration> {
-    ctx.header("keepalive-ping-interval")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok())
-        .filter(|seconds| *seconds > 0)
-        .map(Duration::from_secs)
 }
 
 /// `start{pid}`, the process's events as they come, keepalives in the silences, and the end.
