@@ -168,12 +168,16 @@ impl Process for ProcessService {
         let events = process.attach().ok_or_else(|| {
             ConnectError::not_found(format!("process {} has ended", process.pid()))
         })?;
-        Ok(stream_response(&ctx, process.pid(), events, |event| {
-            ConnectResponse {
+        Ok(stream_response(
+            &ctx,
+            process.pid(),
+            events,
+            false,
+            |event| ConnectResponse {
                 event: MessageField::some(event),
                 ..Default::default()
-            }
-        }))
+            },
+        ))
     }
 
     async fn start(
@@ -195,12 +199,16 @@ impl Process for ProcessService {
             })?;
         // The deadline bounds the process (the supervisor kills it then) and the stream, which
         // ends with `deadline_exceeded` as E2B's envd does: the SDKs raise a timeout for it.
-        Ok(stream_response(&ctx, process.pid(), events, |event| {
-            StartResponse {
+        Ok(stream_response(
+            &ctx,
+            process.pid(),
+            events,
+            true,
+            |event| StartResponse {
                 event: MessageField::some(event),
                 ..Default::default()
-            }
-        }))
+            },
+        ))
     }
 
     async fn update(
@@ -311,11 +319,16 @@ fn process_error(error: ProcessError) -> ConnectError {
     }
 }
 
+/// How long a Start stream waits, at its deadline, for the process it kills to be gone.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
 /// A process's events as the response of a Start or Connect call (`wrap` builds the message).
+/// `killed_at_deadline`: the call's deadline is also the process's (Start).
 fn stream_response<R: Send + 'static>(
     ctx: &RequestContext,
     pid: u32,
     events: mpsc::Receiver<Event>,
+    killed_at_deadline: bool,
     wrap: fn(ProcessEvent) -> R,
 ) -> Response<ServiceStream<R>> {
     let stream = event_stream(
@@ -323,6 +336,7 @@ fn stream_response<R: Send + 'static>(
         events,
         crate::rpc::keepalive_interval(ctx),
         ctx.deadline(),
+        killed_at_deadline,
     );
     Response::new(Box::pin(stream.map(move |event| event.map(wrap))))
 }
@@ -333,6 +347,7 @@ fn event_stream(
     events: mpsc::Receiver<Event>,
     keepalive: Option<Duration>,
     deadline: Option<Instant>,
+    killed_at_deadline: bool,
 ) -> impl futures::Stream<Item = Result<ProcessEvent, ConnectError>> + Send + 'static {
     let start = wire(WireEvent::from(process_event::StartEvent {
         pid,
@@ -354,6 +369,18 @@ fn event_stream(
             loop {
                 if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                     state.done = true;
+                    if killed_at_deadline {
+                        // The supervisor kills the process at this same deadline: let it be
+                        // gone (reaped and unlisted) before the client hears the deadline.
+                        let _ = tokio::time::timeout(KILL_GRACE, async {
+                            while let Some(event) = state.events.recv().await {
+                                if matches!(event, Event::End(_)) {
+                                    break;
+                                }
+                            }
+                        })
+                        .await;
+                    }
                     return Some((
                         Err(ConnectError::deadline_exceeded("deadline reached")),
                         state,
