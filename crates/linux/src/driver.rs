@@ -10,8 +10,13 @@
 //! a new daemon re-adopts; whatever else carries firkin's names (cgroups, sandbox
 //! directories, slots) is reclaimed when the driver starts.
 //!
-//! Not yet: idmapped lower layers (with the shared id shift, host-root-owned files under
-//! `/usr` appear as `nobody` and setuid `sudo` refuses to run), snapshots.
+//! The host's `/usr` reaches sandboxes through an idmapped view made once when the driver
+//! starts (see [`crate::idmap`]): host root's files appear owned by the sandbox's root, so
+//! setuid `sudo` works for `user`, and each sandbox writes to `/usr` through its own overlay
+//! upper, never to the host's. Where the kernel or file system has no idmapped mounts, `/usr`
+//! is bound read-only instead (files then appear as `nobody` and `sudo` does not work).
+//!
+//! Not yet: snapshots.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -27,10 +32,11 @@ use firkin_single_node::{
 };
 
 use crate::cgroup::{CgroupHandle, CgroupLayout, CgroupLimits, SandboxCgroup};
+use crate::idmap::{self, IdmappedMount};
 use crate::net::{NetConfig, Slot, SlotPool};
-use crate::rootfs::{BaseTemplate, HostFacts};
-use crate::sandbox::InitSpec;
+use crate::rootfs::{BaseTemplate, HostFacts, MountSpec, mounts_for};
 use crate::sandbox::spawn::{IdMap, launch};
+use crate::sandbox::{InitSpec, LayerMount};
 
 /// envd's port inside every sandbox.
 pub const ENVD_PORT: u16 = 49983;
@@ -91,6 +97,9 @@ pub struct NamespaceDriver {
     layout: CgroupLayout,
     slots: SlotPool,
     template: BaseTemplate,
+    /// The host directories mounted over the template's root, each with its idmapped view
+    /// (`None` where idmapping is not available).
+    host_layers: Vec<(MountSpec, Option<IdmappedMount>)>,
     live: Mutex<HashMap<String, Handle>>,
 }
 
@@ -114,6 +123,7 @@ impl NamespaceDriver {
             config.id_shift,
         )
         .map_err(launch_failed)?;
+        let host_layers = host_layers(&config, &template);
         let layout = CgroupLayout::detect().map_err(launch_failed)?;
         let surviving: Vec<Handle> = surviving
             .iter()
@@ -129,6 +139,7 @@ impl NamespaceDriver {
             layout,
             slots,
             template,
+            host_layers,
             live: Mutex::new(HashMap::new()),
         })
     }
@@ -142,6 +153,12 @@ impl NamespaceDriver {
         let shift = self.config.id_shift;
         for sub in ["upper/etc", "work", "root"] {
             std::fs::create_dir_all(dir.join(sub))?;
+        }
+        for (upper, work) in self.layers(&dir).iter().filter_map(|l| l.overlay.as_ref()) {
+            for path in [upper, work] {
+                std::fs::create_dir_all(path)?;
+                std::os::unix::fs::lchown(path, Some(shift), Some(shift))?;
+            }
         }
         std::fs::write(dir.join("upper/etc/hosts"), crate::rootfs::hosts_file(id))?;
         std::fs::write(
@@ -158,6 +175,28 @@ impl NamespaceDriver {
             std::os::unix::fs::lchown(dir.join(path), Some(shift), Some(shift))?;
         }
         Ok(dir)
+    }
+
+    /// The host layers of the sandbox whose directory is `dir`.
+    fn layers(&self, dir: &Path) -> Vec<LayerMount> {
+        self.host_layers
+            .iter()
+            .map(|(spec, view)| {
+                let name = layer_name(&spec.target);
+                LayerMount {
+                    source: view
+                        .as_ref()
+                        .map_or_else(|| spec.source.clone(), |view| view.path().to_owned()),
+                    target: spec.target.clone(),
+                    overlay: (spec.overlay && view.is_some()).then(|| {
+                        (
+                            dir.join("layers").join(&name).join("upper"),
+                            dir.join("layers").join(&name).join("work"),
+                        )
+                    }),
+                }
+            })
+            .collect()
     }
 
     async fn teardown(&self, handle: &Handle) -> Result<()> {
@@ -177,6 +216,51 @@ impl NamespaceDriver {
             ))),
         }
     }
+}
+
+/// `/usr` → `usr`, `/lib64` → `lib64`.
+fn layer_name(target: &Path) -> String {
+    target
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .replace('/', "-")
+}
+
+/// The template's host layers, each with an idmapped view under `<state>/views/base/` where
+/// the kernel allows (once per driver; sandboxes' mount namespaces keep their own copies).
+fn host_layers(
+    config: &NamespaceConfig,
+    template: &BaseTemplate,
+) -> Vec<(MountSpec, Option<IdmappedMount>)> {
+    let ids = IdMap {
+        host_start: config.id_shift,
+        count: 65_536,
+    };
+    let userns = match idmap::user_namespace(ids) {
+        Ok(userns) => Some(userns),
+        Err(error) => {
+            tracing::warn!(%error, "no user namespace for idmapped mounts: sudo will not work in sandboxes");
+            None
+        }
+    };
+    mounts_for(template.dir())
+        .into_iter()
+        .map(|spec| {
+            let view = userns.as_ref().and_then(|userns| {
+                let at = config
+                    .state_dir
+                    .join("views/base")
+                    .join(layer_name(&spec.target));
+                IdmappedMount::create(&spec.source, &at, userns)
+                    .inspect_err(|error| {
+                        tracing::warn!(%error, source = %spec.source.display(),
+                            "no idmapped view: the sandboxes get it read-only, as nobody's files");
+                    })
+                    .ok()
+            });
+            (spec, view)
+        })
+        .collect()
 }
 
 /// Remove every sandbox cgroup and sandbox directory that no surviving sandbox owns: what a
@@ -301,7 +385,7 @@ impl RuntimeDriver for NamespaceDriver {
             upper_dir: dir.join("upper"),
             work_dir: dir.join("work"),
             root_dir: dir.join("root"),
-            read_only_binds: vec![(PathBuf::from("/usr"), PathBuf::from("/usr"))],
+            layers: self.layers(&dir),
             envd_binary: self.config.envd_binary.clone(),
             envd_args: [
                 "--listen",

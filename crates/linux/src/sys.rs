@@ -114,3 +114,84 @@ pub fn install_seccomp(program: &[seccompiler::sock_filter]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Fork a child that moves into a new, empty user namespace and then waits: the caller
+/// writes its id maps, opens `/proc/<pid>/ns/user`, and closes `go` to let it exit. The
+/// child signals readiness by writing one byte to `ready`. Returns the child's pid.
+///
+/// Sound from a multi-threaded process: the child makes only raw system calls (unshare,
+/// write, read, _exit), which are async-signal-safe, and never returns into Rust code.
+///
+/// # Errors
+///
+/// When the kernel refuses the fork.
+pub fn fork_user_namespace_holder(
+    ready: std::os::fd::BorrowedFd<'_>,
+    go: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    let (ready, go) = (ready.as_raw_fd(), go.as_raw_fd());
+    // SAFETY: see above; the child touches only the two fds, a stack byte, and exits with
+    // `_exit`, so no destructor, lock or allocator of the parent's threads is involved.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        // SAFETY: in the child, only async-signal-safe raw system calls on the two fds and a
+        // stack byte, then `_exit`.
+        0 => unsafe {
+            let status = if libc::unshare(libc::CLONE_NEWUSER) == 0
+                && libc::write(ready, c"u".as_ptr().cast(), 1) == 1
+            {
+                let mut byte = 0_u8;
+                // Blocks until the parent writes (the child's own copy of the write end
+                // keeps EOF from ever coming).
+                libc::read(go, (&raw mut byte).cast(), 1);
+                0
+            } else {
+                1
+            };
+            libc::_exit(status)
+        },
+        pid => Ok(pid),
+    }
+}
+
+/// `mount_setattr(mount, "", AT_EMPTY_PATH | AT_RECURSIVE)` setting `MOUNT_ATTR_IDMAP` with
+/// the user namespace `userns` (plus `MOUNT_ATTR_RDONLY` when `read_only`) on the detached
+/// mount tree `mount` (from `open_tree(OPEN_TREE_CLONE)`).
+///
+/// # Errors
+///
+/// When the kernel refuses (no idmapped mount support for the file system, not root...).
+pub fn mount_setattr_idmap(
+    mount: std::os::fd::BorrowedFd<'_>,
+    userns: std::os::fd::BorrowedFd<'_>,
+    read_only: bool,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut attr_set = libc::MOUNT_ATTR_IDMAP;
+    if read_only {
+        attr_set |= libc::MOUNT_ATTR_RDONLY;
+    }
+    let attr = libc::mount_attr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: u64::try_from(userns.as_raw_fd()).map_err(io::Error::other)?,
+    };
+    // SAFETY: `attr` is a valid `struct mount_attr` (VER0 layout) that outlives the call, its
+    // size is passed alongside, and the path is a NUL-terminated empty string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &raw const attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -121,6 +121,30 @@ mod tests {
             "{out}"
         );
 
+        // sudo works for `user` (the host's /usr is idmapped: its setuid root binaries are
+        // root's inside), and root's writes to /usr go to the sandbox's own upper layer.
+        if Path::new("/usr/bin/sudo").exists() {
+            let probe = format!("/usr/firkin-driver-test-{id}");
+            let out = run(
+                address,
+                &token,
+                &format!(
+                    "sudo -n id -u; sudo -n touch {probe} && echo wrote; touch /usr/x 2>/dev/null || echo denied"
+                ),
+            );
+            assert_eq!(
+                out.lines().collect::<Vec<_>>(),
+                ["0", "wrote", "denied"],
+                "{out}"
+            );
+            assert!(
+                !Path::new(&probe).exists(),
+                "a sandbox wrote the host's /usr"
+            );
+        } else {
+            eprintln!("no /usr/bin/sudo on this host: sudo not checked");
+        }
+
         backend.pause(&id).await.unwrap();
         assert_eq!(backend.get(&id).unwrap().state(), SandboxState::Paused);
         backend.resume(&id, None).await.unwrap();

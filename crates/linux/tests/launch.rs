@@ -165,7 +165,11 @@ mod tests {
             upper_dir: upper.clone(),
             work_dir: work,
             root_dir: root.clone(),
-            read_only_binds: vec![(PathBuf::from("/usr"), PathBuf::from("/usr"))],
+            layers: vec![firkin_linux::sandbox::LayerMount {
+                source: PathBuf::from("/usr"),
+                target: PathBuf::from("/usr"),
+                overlay: None,
+            }],
             envd_binary: envd,
             envd_args: ["--listen", "0.0.0.0:49983", "--default-user", "root"]
                 .map(String::from)

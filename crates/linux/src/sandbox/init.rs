@@ -166,36 +166,45 @@ fn mount_root(spec: &InitSpec) -> io::Result<()> {
         .map(|dir| dir.display().to_string())
         .collect::<Vec<_>>()
         .join(":");
+    mount_overlay(&lower, &spec.upper_dir, &spec.work_dir, &spec.root_dir)?;
+    for layer in &spec.layers {
+        let target = inside(&spec.root_dir, &layer.target);
+        match &layer.overlay {
+            Some((upper, work)) => {
+                mount_overlay(&layer.source.display().to_string(), upper, work, &target)?;
+            }
+            None => {
+                rustix::mount::mount_bind_recursive(&layer.source, &target).map_err(mount_err(
+                    format!("bind {} at {}", layer.source.display(), target.display()),
+                ))?;
+                rustix::mount::mount_remount(&target, MountFlags::BIND | MountFlags::RDONLY, "")
+                    .map_err(mount_err(format!("make {} read-only", target.display())))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mount_overlay(lower: &str, upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
     // `userxattr`: an overlay mounted inside a user namespace keeps its metadata in user.*
     // xattrs (without it, deleting a lower directory fails with EIO).
     let options = format!(
         "lowerdir={lower},upperdir={},workdir={},userxattr",
-        spec.upper_dir.display(),
-        spec.work_dir.display()
+        upper.display(),
+        work.display()
     );
     let options = std::ffi::CString::new(options).map_err(io::Error::other)?;
     rustix::mount::mount(
         "overlay",
-        &spec.root_dir,
+        target,
         "overlay",
         MountFlags::empty(),
         options.as_c_str(),
     )
     .map_err(mount_err(format!(
-        "mount the overlay root at {}",
-        spec.root_dir.display()
-    )))?;
-    for (host, target) in &spec.read_only_binds {
-        let target = inside(&spec.root_dir, target);
-        rustix::mount::mount_bind_recursive(host, &target).map_err(mount_err(format!(
-            "bind {} at {}",
-            host.display(),
-            target.display()
-        )))?;
-        rustix::mount::mount_remount(&target, MountFlags::BIND | MountFlags::RDONLY, "")
-            .map_err(mount_err(format!("make {} read-only", target.display())))?;
-    }
-    Ok(())
+        "mount an overlay at {}",
+        target.display()
+    )))
 }
 
 /// PID 1: the kernel file systems, `/dev`, envd, `pivot_root`, exec.

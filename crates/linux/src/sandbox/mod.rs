@@ -25,4 +25,4 @@ pub mod init;
 pub mod spawn;
 pub mod spec;
 
-pub use spec::InitSpec;
+pub use spec::{InitSpec, LayerMount};

@@ -17,14 +17,26 @@ pub struct InitSpec {
     pub work_dir: PathBuf,
     /// Where the root filesystem is assembled (an empty directory).
     pub root_dir: PathBuf,
-    /// Host directories bound read-only into the root: (host path, path inside).
-    pub read_only_binds: Vec<(PathBuf, PathBuf)>,
+    /// Host directories mounted over the root overlay, in order.
+    pub layers: Vec<LayerMount>,
     /// The envd binary on the host; bound read-only at [`InitSpec::ENVD_PATH`].
     pub envd_binary: PathBuf,
     /// envd's arguments.
     pub envd_args: Vec<String>,
     /// envd's environment.
     pub envd_env: Vec<(String, String)>,
+}
+
+/// A host directory (usually an idmapped view, see [`crate::idmap`]) mounted inside a sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerMount {
+    /// The host directory; never written.
+    pub source: PathBuf,
+    /// Where it appears inside the sandbox (absolute).
+    pub target: PathBuf,
+    /// The sandbox's private upper and work directories when it may write there (an overlay
+    /// with `source` as its lower layer); `None` binds `source` read-only.
+    pub overlay: Option<(PathBuf, PathBuf)>,
 }
 
 impl InitSpec {
