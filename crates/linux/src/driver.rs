@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use firkin_single_node::{
     Error, PortRegistry, Result, RuntimeCreatedSandbox, RuntimeDriver, RuntimeHandle,
-    SingleNodeCreateRequest,
+    SingleNodeCreateRequest, StateStore,
 };
 
 use crate::cgroup::{CgroupHandle, CgroupLayout, CgroupLimits, SandboxCgroup};
@@ -142,6 +142,22 @@ impl NamespaceDriver {
             host_layers,
             live: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A driver for a daemon whose durable state is `state`: it keeps the sandboxes that
+    /// state's records own (to be re-adopted when the backend is built over the same state)
+    /// and reclaims every other firkin sandbox it finds.
+    ///
+    /// # Errors
+    ///
+    /// As [`NamespaceDriver::new`].
+    pub async fn for_state(config: NamespaceConfig, state: &StateStore) -> Result<Self> {
+        let handles: Vec<RuntimeHandle> = state
+            .load_active()
+            .into_iter()
+            .filter_map(|record| record.runtime_handle)
+            .collect();
+        Self::new(config, &handles).await
     }
 
     fn sandbox_dir(&self, id: &str) -> PathBuf {

@@ -63,3 +63,197 @@ fn base64_decode(text: &str) -> Vec<u8> {
         })
         .collect()
 }
+
+/// `Authorization` for envd's user selection: `Basic base64("name:")`.
+pub fn basic_user(user: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = format!("{user}:").into_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0_u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `sh -c script` through a sandbox's envd as `user` (`None`: the sandbox's default user);
+/// returns stdout and the exit code.
+pub fn run_as(
+    address: std::net::SocketAddr,
+    token: &str,
+    user: Option<&str>,
+    script: &str,
+) -> (String, i32) {
+    use std::io::{Read, Write};
+    let mut request = start_request(Some(token), script);
+    if let Some(user) = user {
+        let header = format!("Authorization: Basic {}\r\n", basic_user(user));
+        // After the request line.
+        let at = request.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+        request.splice(at..at, header.into_bytes());
+    }
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(&request).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    parse_start_response(&String::from_utf8_lossy(&response))
+}
+
+/// Real sandboxes for a test: a state directory, a driver configuration with an address
+/// range of the test's own (so parallel test binaries never reclaim each other's slots).
+pub struct Harness {
+    /// The state directory (templates, sandboxes, the database, the views).
+    pub state: tempfile::TempDir,
+    /// The driver's configuration.
+    pub config: firkin_linux::driver::NamespaceConfig,
+}
+
+/// The envd binary the tests put in sandboxes.
+pub fn envd_binary() -> std::path::PathBuf {
+    std::env::var_os("FIRKIN_ENVD_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/firkin-envd")
+        })
+}
+
+/// A harness, or `None` (after saying why) where real sandboxes cannot be made: not root,
+/// no nftables, no envd built.
+pub fn harness(test: &str, range: &str, init_helper: &str) -> Option<Harness> {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIP {test}: needs root");
+        return None;
+    }
+    if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP {test}: needs nftables (nft)");
+        return None;
+    }
+    let envd = envd_binary();
+    if !envd.exists() {
+        eprintln!("SKIP {test}: {} not built", envd.display());
+        return None;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let mut config = firkin_linux::driver::NamespaceConfig::new(state.path(), envd, init_helper);
+    config.net.range = range.parse().unwrap();
+    config.net.netns_dir = state.path().join("netns");
+    config.net.pool_size = 2;
+    Some(Harness { state, config })
+}
+
+impl Harness {
+    /// The daemon's configuration: state in `<state>/db`, no disk floors (tests share disks).
+    pub fn node_config(&self) -> firkin_single_node::SingleNodeConfig {
+        firkin_single_node::SingleNodeConfig::new(self.state.path().join("db"))
+    }
+
+    /// A backend over a fresh driver and the durable state of this harness (what a daemon
+    /// starting over this state directory builds).
+    pub async fn backend(&self) -> firkin_single_node::SingleNodeBackend {
+        let state = firkin_single_node::StateStore::open(self.state.path().join("db")).unwrap();
+        let driver = firkin_linux::driver::NamespaceDriver::for_state(self.config.clone(), &state)
+            .await
+            .unwrap();
+        firkin_single_node::SingleNodeBackend::builder(
+            self.node_config(),
+            std::sync::Arc::new(driver),
+        )
+        .state(state)
+        .disk_guard(firkin_single_node::DiskPressureGuard::with_probe(
+            self.state.path(),
+            0,
+            0,
+            std::sync::Arc::new(firkin_single_node::StatvfsDiskProbe),
+        ))
+        .build()
+        .await
+        .unwrap()
+    }
+
+    /// After the backend is dropped: nothing of the sandboxes named `ids`, with PID 1s `pids`,
+    /// is left: processes, cgroups, directories, mounts under the state directory, network
+    /// slots (the pool's spare slots are reclaimed first, as the next daemon would).
+    pub async fn assert_nothing_left(&self, ids: &[String], pids: &[u32]) {
+        for pid in pids {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| cmd.contains("envd"));
+            assert!(!alive, "sandbox PID 1 {pid} still runs");
+        }
+        let layout = firkin_linux::cgroup::CgroupLayout::detect().unwrap();
+        let cgroups = layout.firkin_cgroups().unwrap();
+        for id in ids {
+            assert!(!cgroups.contains(id), "cgroup of {id} left behind");
+            assert!(
+                !self.state.path().join("sandboxes").join(id).exists(),
+                "directory of {id} left behind"
+            );
+        }
+        firkin_linux::net::reclaim_leftovers(&self.config.net, &[])
+            .await
+            .unwrap();
+        let net = firkin_linux::net::find_leftovers(&self.config.net, &[]).unwrap();
+        assert!(net.is_empty(), "network slots left behind: {net:?}");
+        let state = self.state.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        // The pool's namespace directory is a mount point of its own (as `ip netns` makes
+        // /run/netns); it holds no sandbox and goes with the harness.
+        let netns_dir = self.config.net.netns_dir.display().to_string();
+        let left: Vec<&str> = mounts
+            .lines()
+            .filter(|l| l.contains(&state))
+            .filter(|l| l.split(' ').nth(4) != Some(netns_dir.as_str()))
+            .collect();
+        assert!(left.is_empty(), "mounts left behind: {left:#?}");
+    }
+}
+
+impl Drop for Harness {
+    /// A failed test leaves nothing running either: its sandboxes' cgroups are killed, the
+    /// mounts under its state directory detached, and the network slots reclaimed.
+    fn drop(&mut self) {
+        let sandboxes = self.state.path().join("sandboxes");
+        if let Ok(layout) = firkin_linux::cgroup::CgroupLayout::detect() {
+            for name in layout.firkin_cgroups().unwrap_or_default() {
+                if sandboxes.join(&name).exists() {
+                    let _ = firkin_linux::cgroup::SandboxCgroup::reclaim(&layout, &name);
+                }
+            }
+        }
+        let state = self.state.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .filter(|point| point.starts_with(&state))
+            .collect();
+        // Deepest first.
+        points.sort_by_key(|point| std::cmp::Reverse(point.len()));
+        for point in points {
+            let _ = rustix::mount::unmount(point, rustix::mount::UnmountFlags::DETACH);
+        }
+        let net = self.config.net.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime
+                .block_on(firkin_linux::net::reclaim_leftovers(&net, &[]))
+                .ok()
+        })
+        .join();
+    }
+}
