@@ -179,15 +179,7 @@ mod tests {
         let accepted = std::iter::from_fn(|| listener.accept().ok()).count();
         assert_eq!(accepted, 0, "a sandbox reached the host service");
 
-        let host_pids: Vec<u32> = sandboxes
-            .iter()
-            .filter_map(|s| s.record().runtime_handle.as_ref())
-            .filter_map(|handle| {
-                serde_json::from_str::<serde_json::Value>(&handle.0).ok()?["pid1"].as_u64()
-            })
-            .map(|pid| u32::try_from(pid).unwrap())
-            .collect();
-        assert_eq!(host_pids.len(), SANDBOXES);
+        let host_pids: Vec<u32> = sandboxes.iter().map(common::host_pid1).collect();
         let ids: Vec<String> = probes.iter().map(|p| p.id.clone()).collect();
         let deletes = ids.iter().map(|id| backend.delete(id));
         for result in futures::future::join_all(deletes).await {

@@ -147,40 +147,53 @@ pub fn harness(test: &str, range: &str, init_helper: &str) -> Option<Harness> {
         return None;
     }
     let state = tempfile::tempdir().unwrap();
-    let mut config = firkin_linux::driver::NamespaceConfig::new(state.path(), envd, init_helper);
-    config.net.range = range.parse().unwrap();
-    config.net.netns_dir = state.path().join("netns");
-    config.net.pool_size = 2;
+    let config = driver_config(state.path(), range, init_helper);
     Some(Harness { state, config })
 }
 
-impl Harness {
-    /// The daemon's configuration: state in `<state>/db`, no disk floors (tests share disks).
-    pub fn node_config(&self) -> firkin_single_node::SingleNodeConfig {
-        firkin_single_node::SingleNodeConfig::new(self.state.path().join("db"))
-    }
+/// The driver configuration of a test's sandboxes under `state`, with its own address range.
+pub fn driver_config(
+    state: &std::path::Path,
+    range: &str,
+    init_helper: &str,
+) -> firkin_linux::driver::NamespaceConfig {
+    let mut config = firkin_linux::driver::NamespaceConfig::new(state, envd_binary(), init_helper);
+    config.net.range = range.parse().unwrap();
+    config.net.netns_dir = state.join("netns");
+    config.net.pool_size = 2;
+    config
+}
 
-    /// A backend over a fresh driver and the durable state of this harness (what a daemon
-    /// starting over this state directory builds).
-    pub async fn backend(&self) -> firkin_single_node::SingleNodeBackend {
-        let state = firkin_single_node::StateStore::open(self.state.path().join("db")).unwrap();
-        let driver = firkin_linux::driver::NamespaceDriver::for_state(self.config.clone(), &state)
-            .await
-            .unwrap();
-        firkin_single_node::SingleNodeBackend::builder(
-            self.node_config(),
-            std::sync::Arc::new(driver),
-        )
-        .state(state)
-        .disk_guard(firkin_single_node::DiskPressureGuard::with_probe(
-            self.state.path(),
-            0,
-            0,
-            std::sync::Arc::new(firkin_single_node::StatvfsDiskProbe),
-        ))
-        .build()
+/// A backend over a fresh driver and the durable state in `<state>/db` (what a daemon
+/// starting over this state directory builds); no disk floors (tests share disks).
+pub async fn backend_at(
+    state: &std::path::Path,
+    config: firkin_linux::driver::NamespaceConfig,
+) -> firkin_single_node::SingleNodeBackend {
+    let store = firkin_single_node::StateStore::open(state.join("db")).unwrap();
+    let driver = firkin_linux::driver::NamespaceDriver::for_state(config, &store)
         .await
-        .unwrap()
+        .unwrap();
+    firkin_single_node::SingleNodeBackend::builder(
+        firkin_single_node::SingleNodeConfig::new(state.join("db")),
+        std::sync::Arc::new(driver),
+    )
+    .state(store)
+    .disk_guard(firkin_single_node::DiskPressureGuard::with_probe(
+        state,
+        0,
+        0,
+        std::sync::Arc::new(firkin_single_node::StatvfsDiskProbe),
+    ))
+    .build()
+    .await
+    .unwrap()
+}
+
+impl Harness {
+    /// A backend over a fresh driver and this harness's durable state.
+    pub async fn backend(&self) -> firkin_single_node::SingleNodeBackend {
+        backend_at(self.state.path(), self.config.clone()).await
     }
 
     /// After the backend is dropped: nothing of the sandboxes named `ids`, with PID 1s `pids`,
@@ -256,4 +269,15 @@ impl Drop for Harness {
         })
         .join();
     }
+}
+
+/// Host pid of a sandbox's PID 1, from the runtime handle the driver stored.
+pub fn host_pid1(sandbox: &firkin_single_node::SandboxSession) -> u32 {
+    let handle = sandbox
+        .record()
+        .runtime_handle
+        .as_ref()
+        .expect("no runtime handle");
+    let value: serde_json::Value = serde_json::from_str(&handle.0).unwrap();
+    u32::try_from(value["pid1"].as_u64().expect("no pid1 in the handle")).unwrap()
 }
