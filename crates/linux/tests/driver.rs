@@ -8,65 +8,26 @@ mod common;
 #[cfg(test)]
 mod tests {
     use super::common;
-    use std::io::{Read, Write};
     use std::net::SocketAddr;
-    use std::path::{Path, PathBuf};
-    use std::sync::Arc;
+    use std::path::Path;
 
-    use firkin_linux::driver::{NamespaceConfig, NamespaceDriver};
-    use firkin_single_node::{
-        SandboxResources, SandboxState, SingleNodeBackend, SingleNodeConfig,
-        SingleNodeCreateRequest, StateStore,
-    };
+    use firkin_single_node::{SandboxResources, SandboxState, SingleNodeCreateRequest};
 
-    fn envd_binary() -> PathBuf {
-        std::env::var_os("FIRKIN_ENVD_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/firkin-envd")
-            })
-    }
-
-    /// `sh -c script` through envd's Start; returns stdout.
+    /// `sh -c script` through envd's Start as the default user; returns stdout.
     fn run(address: SocketAddr, token: &str, script: &str) -> String {
-        let mut stream = std::net::TcpStream::connect(address).unwrap();
-        stream
-            .write_all(&common::start_request(Some(token), script))
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        common::parse_start_response(&response).0
+        common::run_as(address, token, None, script).0
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn create_run_pause_delete_and_nothing_leaks() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIP driver test: needs root");
-            return;
-        }
-        if std::process::Command::new("nft")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("SKIP driver test: needs nftables (nft)");
-            return;
-        }
-        let envd = envd_binary();
-        if !envd.exists() {
-            eprintln!("SKIP driver test: {} not built", envd.display());
-            return;
-        }
-        let state = tempfile::tempdir().unwrap();
-        let mut config = NamespaceConfig::new(
-            state.path(),
-            envd,
+        let Some(harness) = common::harness(
+            "driver test",
+            "10.201.0.0/16",
             env!("CARGO_BIN_EXE_firkin-sandbox-init"),
-        );
-        // A range of its own, so the net tests' slots are not reclaimed by this pool.
-        config.net.range = "10.201.0.0/16".parse().unwrap();
-        config.net.netns_dir = state.path().join("netns");
-        config.net.pool_size = 1;
+        ) else {
+            return;
+        };
+        let state = &harness.state;
         // Leftovers of a daemon that died half-way: a sandbox cgroup and a sandbox directory.
         let layout = firkin_linux::cgroup::CgroupLayout::detect().unwrap();
         let orphan = format!("orphan-{}", std::process::id());
@@ -78,7 +39,7 @@ mod tests {
         .unwrap();
         std::fs::create_dir_all(state.path().join("sandboxes").join(&orphan).join("upper"))
             .unwrap();
-        let driver = NamespaceDriver::new(config.clone(), &[]).await.unwrap();
+        let backend = harness.backend().await;
         assert!(
             !layout.firkin_cgroups().unwrap().contains(&orphan),
             "leftover cgroup not reclaimed"
@@ -87,20 +48,6 @@ mod tests {
             !state.path().join("sandboxes").join(&orphan).exists(),
             "leftover dir not removed"
         );
-        let backend = SingleNodeBackend::builder(
-            SingleNodeConfig::new(state.path().join("db")),
-            Arc::new(driver),
-        )
-        .state(StateStore::new().unwrap())
-        .disk_guard(firkin_single_node::DiskPressureGuard::with_probe(
-            state.path(),
-            0,
-            0,
-            Arc::new(firkin_single_node::StatvfsDiskProbe),
-        ))
-        .build()
-        .await
-        .unwrap();
 
         let started = std::time::Instant::now();
         let sandbox = backend
@@ -112,6 +59,7 @@ mod tests {
             .unwrap();
         eprintln!("create -> envd answering: {:?}", started.elapsed());
         let id = sandbox.sandbox_id().to_owned();
+        let pid1 = common::host_pid1(&sandbox);
         let token = sandbox.record().envd_access_token.clone().unwrap();
         let address = backend.ports().target(&id, 49983).unwrap();
         let out = run(address, &token, "echo $GREETING; whoami; hostname; pwd");
@@ -155,25 +103,7 @@ mod tests {
             std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_millis(200))
                 .is_err()
         );
-        assert!(
-            !state.path().join("sandboxes").join(&id).exists(),
-            "sandbox directory left behind"
-        );
-        let layout = firkin_linux::cgroup::CgroupLayout::detect().unwrap();
-        assert!(
-            !layout.firkin_cgroups().unwrap().contains(&id),
-            "cgroup left behind"
-        );
         drop(backend);
-        // The pool's own spare slots go with it.
-        let leftovers = firkin_linux::net::reclaim_leftovers(&config.net, &[])
-            .await
-            .unwrap();
-        eprintln!("spare slots reclaimed at the end: {leftovers:?}");
-        assert!(
-            firkin_linux::net::find_leftovers(&config.net, &[])
-                .unwrap()
-                .is_empty()
-        );
+        harness.assert_nothing_left(&[id], &[pid1]).await;
     }
 }
