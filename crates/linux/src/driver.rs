@@ -58,6 +58,8 @@ pub struct NamespaceConfig {
     pub ready_timeout: Duration,
     /// PIDs a sandbox may hold.
     pub pids_max: u64,
+    /// Whether sandboxes of `base` run with `no_new_privs` (then `sudo` does not work).
+    pub no_new_privs: bool,
 }
 
 impl NamespaceConfig {
@@ -76,6 +78,7 @@ impl NamespaceConfig {
             net: NetConfig::default(),
             ready_timeout: Duration::from_secs(10),
             pids_max: 4096,
+            no_new_privs: false,
         }
     }
 }
@@ -402,6 +405,7 @@ impl RuntimeDriver for NamespaceDriver {
             work_dir: dir.join("work"),
             root_dir: dir.join("root"),
             layers: self.layers(&dir),
+            no_new_privs: self.config.no_new_privs,
             envd_binary: self.config.envd_binary.clone(),
             envd_args: [
                 "--listen",

@@ -175,6 +175,7 @@ mod tests {
                 .map(String::from)
                 .to_vec(),
             envd_env: vec![],
+            no_new_privs: true,
         };
         let layout = firkin_linux::cgroup::CgroupLayout::detect().unwrap();
         let name = format!("launch-test-{}", std::process::id());
@@ -240,6 +241,13 @@ mod tests {
             );
         }
         assert_ne!(bounding & (1 << 0), 0, "CAP_CHOWN must stay");
+        // The spec asked for no_new_privs (the driver's test checks `base`, where it is off).
+        assert!(
+            status
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["NoNewPrivs:", "1"]),
+            "no_new_privs not set"
+        );
         let uid_map = std::fs::read_to_string(format!("/proc/{pid1}/uid_map")).unwrap();
         assert_eq!(
             uid_map.split_whitespace().collect::<Vec<_>>(),

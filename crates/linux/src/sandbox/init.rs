@@ -255,6 +255,10 @@ fn pid1_setup(spec: &InitSpec) -> io::Result<Never> {
     rustix::mount::unmount(".", UnmountFlags::DETACH)
         .map_err(mount_err("detach the old root".into()))?;
     std::env::set_current_dir("/")?;
+    if spec.no_new_privs {
+        rustix::thread::set_no_new_privs(true)
+            .map_err(|e| context("set no_new_privs")(e.into()))?;
+    }
     // Last, after the mounts it forbids: the filter holds for PID 1 and everything after it.
     let profile = crate::seccomp::default_profile().map_err(io::Error::other)?;
     for program in &profile {

@@ -25,6 +25,11 @@ pub struct InitSpec {
     pub envd_args: Vec<String>,
     /// envd's environment.
     pub envd_env: Vec<(String, String)>,
+    /// Set `no_new_privs` on PID 1 (and so on every process of the sandbox): setuid binaries
+    /// such as `sudo` then gain nothing. A template option; off for `base`, whose users expect
+    /// `sudo` to work.
+    #[serde(default)]
+    pub no_new_privs: bool,
 }
 
 /// A host directory (usually an idmapped view, see [`crate::idmap`]) mounted inside a sandbox.
