@@ -1,11 +1,12 @@
 //! `firkin`: the sandbox runtime's command line.
 //!
-//! Today it manages the durable state (`firkin state ...`) and checks the host
-//! (`firkin doctor`); the daemon (`firkin serve`) and
-//! the sandbox client commands arrive with the E2B layer and the Linux driver.
+//! `firkin serve` runs the E2B-compatible daemon; `firkin state ...` manages its durable
+//! state and `firkin doctor` checks the host. The same executable is the sandbox init helper
+//! the Linux driver starts for each sandbox (when `FIRKIN_INIT_SPEC` is set).
 
 #![forbid(unsafe_code)]
 
+mod serve;
 mod state_cmd;
 
 use std::path::PathBuf;
@@ -36,6 +37,15 @@ enum Command {
         #[command(subcommand)]
         command: state_cmd::StateCommand,
     },
+    /// Run the E2B-compatible daemon: the control plane and the sandbox proxy on one listener.
+    Serve {
+        /// State directory (default: /var/lib/firkin for root, else $XDG_STATE_HOME/firkin).
+        #[arg(long, env = "FIRKIN_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+
+        #[command(flatten)]
+        args: serve::ServeArgs,
+    },
     /// Check which kernel features this host has, and what does not work without them.
     ///
     /// Always exits 0: a missing feature is reported, not an error.
@@ -43,6 +53,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Started by the Linux driver as a sandbox's init helper: a fresh single-threaded process
+    // that must do nothing else first.
+    if std::env::var_os(firkin_linux::sandbox::InitSpec::ENV_SPEC).is_some() {
+        firkin_linux::sandbox::init::main_from_env();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FIRKIN_LOG")
@@ -55,6 +70,9 @@ fn main() -> ExitCode {
         Command::State { state_dir, command } => {
             let dir = state_dir.unwrap_or_else(default_state_dir);
             state_cmd::run(&dir, command, cli.json)
+        }
+        Command::Serve { state_dir, args } => {
+            serve::run(&state_dir.unwrap_or_else(default_state_dir), args)
         }
         Command::Doctor => doctor(cli.json),
     };

@@ -1,0 +1,166 @@
+//! `firkin serve`: the E2B-compatible daemon over the Linux driver.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use firkin_e2b::{AppState, E2bConfig};
+use firkin_linux::driver::{NamespaceConfig, NamespaceDriver};
+use firkin_single_node::{SingleNodeBackend, SingleNodeConfig, StateStore};
+
+/// Flags of `firkin serve` (each also a `FIRKIN_*` environment variable).
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address of the listener for the control plane and the sandbox proxy.
+    #[arg(long, env = "FIRKIN_LISTEN", default_value = "127.0.0.1:49980")]
+    listen: SocketAddr,
+    /// API key the SDKs must send (E2B_API_KEY); default: generated once, kept in the state
+    /// directory.
+    #[arg(long, env = "FIRKIN_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Sandbox domain: `Host: <port>-<id>.<domain>` reaches a sandbox's port.
+    #[arg(long, env = "FIRKIN_DOMAIN", default_value = "e2b.localhost")]
+    domain: String,
+    /// The static envd binary put into sandboxes (see scripts/build-envd); default:
+    /// `firkin-envd` beside this executable.
+    #[arg(long, env = "FIRKIN_ENVD_BIN")]
+    envd_bin: Option<PathBuf>,
+    /// TLS listener with a local CA (not built yet).
+    #[arg(long, env = "FIRKIN_TLS_LISTEN")]
+    tls_listen: Option<SocketAddr>,
+}
+
+pub(crate) fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
+    if args.tls_listen.is_some() {
+        bail!("--tls-listen is not implemented yet: use recipe A (plain HTTP, E2B_SANDBOX_URL)");
+    }
+    if !crate::is_root() {
+        bail!(
+            "firkin serve needs root (it creates namespaces, cgroups and network devices); run it with sudo"
+        );
+    }
+    let envd = envd_binary(args.envd_bin.clone())?;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("create the state directory {}", state_dir.display()))?;
+    let api_key = match args.api_key.clone() {
+        Some(key) if !key.is_empty() => key,
+        _ => stored_api_key(state_dir)?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(serve(state_dir, envd, api_key, args))
+}
+
+async fn serve(
+    state_dir: &Path,
+    envd: PathBuf,
+    api_key: String,
+    args: ServeArgs,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    // This executable is also the sandbox init helper (see main).
+    let helper = std::env::current_exe().context("find this executable")?;
+    let driver_config = NamespaceConfig::new(state_dir, envd, helper);
+    let db = state_dir.join("db");
+    let store = StateStore::open(&db)
+        .with_context(|| format!("open the state in {}", db.display()))?;
+    let driver = NamespaceDriver::for_state(driver_config, &store)
+        .await
+        .context("start the Linux driver")?;
+    let backend = SingleNodeBackend::builder(SingleNodeConfig::new(&db), Arc::new(driver))
+        .state(store)
+        .build()
+        .await
+        .context("open the sandbox backend")?;
+    let report = backend.startup_reconciliation();
+    let _reaper = backend.spawn_reaper();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let mut config = E2bConfig::new(&api_key);
+    config.domain = args.domain.clone();
+    config.envd_version = firkin_envd::ENVD_VERSION.to_owned();
+    let state = AppState::new(backend, config);
+
+    eprintln!(
+        "firkin serve: listening on http://{address} (state {}, ready in {:.0?}; re-adopted {}, reclaimed {})",
+        state_dir.display(),
+        started.elapsed(),
+        report.adopted.len(),
+        report.reclaimed.len() + report.vanished.len(),
+    );
+    eprintln!("Use it from the E2B SDKs with:");
+    println!("export E2B_API_URL=http://{address}");
+    println!("export E2B_SANDBOX_URL=http://{address}");
+    println!("export E2B_API_KEY={api_key}");
+
+    firkin_e2b::serve(listener, state, shutdown_signal())
+        .await
+        .context("serve")?;
+    eprintln!("firkin serve: stopped; sandboxes keep running and are re-adopted at the next start");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the daemon runs until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn envd_binary(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match flag {
+        Some(path) => path,
+        None => std::env::current_exe()
+            .context("find this executable")?
+            .with_file_name("firkin-envd"),
+    };
+    if !path.is_file() {
+        bail!(
+            "no envd binary at {}: build it with scripts/build-envd and pass --envd-bin (or FIRKIN_ENVD_BIN)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The API key kept in `<state>/api-key` (mode 0600), made on first use.
+fn stored_api_key(state_dir: &Path) -> anyhow::Result<String> {
+    let path = state_dir.join("api-key");
+    match std::fs::read_to_string(&path) {
+        Ok(key) if !key.trim().is_empty() => return Ok(key.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("read {}", path.display())),
+    }
+    let mut bytes = [0_u8; 20];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random API key: {e}"))?;
+    let key: String = format!(
+        "e2b_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("create {}", path.display()))?;
+    std::io::Write::write_all(&mut file, key.as_bytes())?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    eprintln!("firkin serve: generated an API key, kept in {}", path.display());
+    Ok(key)
+}

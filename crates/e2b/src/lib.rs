@@ -1,0 +1,115 @@
+//! firkin-e2b: the E2B face of firkin.
+//!
+//! One listener serves two kinds of requests (see `E2B-CONTRACT.md`):
+//!
+//! - **sandbox requests**, recognised by their `E2b-Sandbox-Id`/`E2b-Sandbox-Port` headers, by
+//!   a `Host: <port>-<sandboxID>.<domain>`, or as signed `/files` URLs: forwarded byte for
+//!   byte to that port inside the sandbox ([`proxy`]);
+//! - **control-plane requests** (everything else): the E2B REST API over
+//!   [`SingleNodeBackend`], behind the `X-API-KEY` check ([`control`]).
+//!
+//! Every error body is E2B's `{"code": int, "message": str}` ([`error`]).
+
+#![forbid(unsafe_code)]
+
+pub mod control;
+pub mod dto;
+pub mod error;
+pub mod proxy;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use firkin_single_node::SingleNodeBackend;
+use tower::ServiceExt as _;
+
+/// Settings of the E2B face.
+#[derive(Clone, Debug)]
+pub struct E2bConfig {
+    /// The key every control-plane request must carry in `X-API-KEY`.
+    pub api_key: String,
+    /// The sandbox domain: `Host: <port>-<id>.<domain>` routes to a sandbox, and responses
+    /// carry it as `domain` when [`E2bConfig::advertise_domain`] is set.
+    pub domain: String,
+    /// Whether create/connect responses name [`E2bConfig::domain`] (recipe B, TLS and host
+    /// names); without it the SDK uses `E2B_SANDBOX_URL` or its own domain setting.
+    pub advertise_domain: bool,
+    /// The envd version sandboxes report (the SDK gates features on it).
+    pub envd_version: String,
+}
+
+impl E2bConfig {
+    /// Settings with `api_key`, the default domain `e2b.localhost` and envd version `0.6.4`.
+    #[must_use]
+    pub fn new(api_key: impl Into<String>) -> Self {
+        Self {
+            api_key: api_key.into(),
+            domain: "e2b.localhost".to_owned(),
+            advertise_domain: false,
+            envd_version: "0.6.4".to_owned(),
+        }
+    }
+}
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// The sandboxes.
+    pub backend: SingleNodeBackend,
+    /// Settings.
+    pub config: E2bConfig,
+    /// The sandbox proxy's connection pools.
+    pub proxy: proxy::Proxy,
+}
+
+impl AppState {
+    /// State over `backend` with `config`.
+    #[must_use]
+    pub fn new(backend: SingleNodeBackend, config: E2bConfig) -> Arc<Self> {
+        Arc::new(Self {
+            backend,
+            config,
+            proxy: proxy::Proxy::new(),
+        })
+    }
+}
+
+/// The whole service: sandbox requests to the proxy, the rest to the control plane.
+pub fn app(state: Arc<AppState>) -> axum::Router {
+    let control = control::router(state.clone());
+    axum::Router::new()
+        .fallback(move |State(state): State<Arc<AppState>>, request: Request<Body>| {
+            let control = control.clone();
+            async move {
+                match proxy::route(&state, request).await {
+                    Ok(response) => response,
+                    Err(request) => match control.oneshot(request).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    },
+                }
+            }
+        })
+        .with_state(state)
+}
+
+/// Serve [`app`] on `listener` until `shutdown` completes (connections then drain).
+///
+/// # Errors
+///
+/// When accepting connections fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    // Connect streams are many small writes: without TCP_NODELAY each waits for an ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app(state).into_make_service())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
