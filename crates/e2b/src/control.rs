@@ -45,7 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/logs", get(logs_v1))
         .route("/v2/sandboxes/{id}/logs", get(logs_v2))
-        .route("/sandboxes/{id}/metrics", get(not_built("sandbox metrics")))
+        .route("/sandboxes/{id}/metrics", get(metrics))
         .route("/sandboxes/{id}/refreshes", post(not_built("refreshes")))
         .route("/sandboxes/{id}/snapshots", post(not_built("snapshots")))
         .route("/snapshots", get(not_built("snapshots")))
@@ -170,6 +170,11 @@ async fn detail(State(state): Shared, Path(id): Path<String>) -> ApiResult<Respo
 async fn kill(State(state): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
     state.backend.get(&id).map_err(for_sandbox(&id))?;
     state.backend.delete(&id).await.map_err(for_sandbox(&id))?;
+    state
+        .cpu_samples
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -234,6 +239,39 @@ async fn resume(State(state): Shared, Path(id): Path<String>, body: Body) -> Api
         .map_err(for_sandbox(&id))?;
     let sandbox = Sandbox::of(&session, &state.config.envd_version, domain(&state));
     Ok((StatusCode::CREATED, axum::Json(sandbox)).into_response())
+}
+
+async fn metrics(State(state): Shared, Path(id): Path<String>) -> ApiResult<Response> {
+    let (session, usage) = state.backend.metrics(&id).await.map_err(for_sandbox(&id))?;
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(i64::MAX);
+    let (since_ms, cpu_before) = state
+        .cpu_samples
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(id.clone(), (now_ms, usage.cpu_usage_usec))
+        .unwrap_or((session.started_at_unix_ms(), 0));
+    let cpus = session.resources().vcpus.max(1);
+    let wall_usec = (now_ms - since_ms).max(1) as f64 * 1000.0;
+    let cpu_used = usage.cpu_usage_usec.saturating_sub(cpu_before) as f64;
+    let cpu_used_pct = (cpu_used / (wall_usec * f64::from(cpus)) * 100.0).clamp(0.0, 100.0);
+    let metric = dto::SandboxMetric {
+        timestamp: dto::rfc3339(now_ms),
+        timestamp_unix: now_ms / 1000,
+        cpu_count: cpus,
+        cpu_used_pct: (cpu_used_pct * 100.0).round() / 100.0,
+        mem_used: usage.memory_used_bytes,
+        mem_total: session.resources().memory_bytes,
+        mem_cache: usage.memory_cache_bytes,
+        disk_used: usage.disk_used_bytes,
+        disk_total: usage.disk_used_bytes + (disk_size_mb(&state) << 20),
+    };
+    Ok(axum::Json(vec![metric]).into_response())
 }
 
 /// The query pairs of `query`, decoded once.

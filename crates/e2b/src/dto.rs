@@ -124,6 +124,30 @@ pub struct SandboxDetail {
     pub domain: Option<String>,
 }
 
+/// `GET /sandboxes/{id}/metrics`: one sample.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxMetric {
+    /// RFC 3339.
+    pub timestamp: String,
+    /// Unix seconds.
+    pub timestamp_unix: i64,
+    /// vCPUs.
+    pub cpu_count: u32,
+    /// CPU use since the previous sample (or since start), percent of all its vCPUs.
+    pub cpu_used_pct: f64,
+    /// Memory in use, bytes.
+    pub mem_used: u64,
+    /// Memory limit, bytes.
+    pub mem_total: u64,
+    /// Page cache, bytes.
+    pub mem_cache: u64,
+    /// Disk written by the sandbox, bytes.
+    pub disk_used: u64,
+    /// Disk it may use in all, bytes.
+    pub disk_total: u64,
+}
+
 /// One log line of `GET /sandboxes/{id}/logs`.
 #[derive(Clone, Debug, Serialize)]
 pub struct LogLine {

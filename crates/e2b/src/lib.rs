@@ -61,6 +61,8 @@ pub struct AppState {
     pub config: E2bConfig,
     /// The sandbox proxy's connection pools.
     pub proxy: proxy::Proxy,
+    /// Last CPU sample per sandbox (unix ms, CPU µs), for the metrics' CPU percentage.
+    pub(crate) cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
 }
 
 impl AppState {
@@ -71,6 +73,7 @@ impl AppState {
             backend,
             config,
             proxy: proxy::Proxy::new(),
+            cpu_samples: std::sync::Mutex::default(),
         })
     }
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use firkin_single_node::{
-    Error, PortRegistry, Result, RuntimeCreatedSandbox, RuntimeDriver, RuntimeHandle,
+    Error, PortRegistry, Result, RuntimeCreatedSandbox, RuntimeDriver, RuntimeHandle, RuntimeMetrics,
     SingleNodeCreateRequest, StateStore,
 };
 
@@ -312,6 +312,35 @@ fn reclaim_leftovers(
     Ok(())
 }
 
+/// Bytes allocated to the files under `dir` (the sandbox's own layers), not following links
+/// or crossing into other file systems.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(root) = std::fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(path) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.dev() != root.dev() {
+                continue;
+            }
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    total
+}
+
 /// Start time of `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat): with the pid,
 /// it names one process for good, whatever pids get reused.
 fn start_time(pid: u32) -> Option<u64> {
@@ -518,6 +547,21 @@ impl RuntimeDriver for NamespaceDriver {
 
     async fn pause(&self, sandbox_id: &str) -> Result<()> {
         self.cgroup_of(sandbox_id)?.freeze().map_err(launch_failed)
+    }
+
+    async fn metrics(&self, sandbox_id: &str) -> Result<RuntimeMetrics> {
+        let cgroup = self.cgroup_of(sandbox_id)?;
+        let measure = |error| Error::RuntimeCommandFailed(format!("metrics of {sandbox_id}: {error}"));
+        let dir = self.sandbox_dir(sandbox_id);
+        let disk_used_bytes = tokio::task::spawn_blocking(move || disk_usage(&dir))
+            .await
+            .unwrap_or(0);
+        Ok(RuntimeMetrics {
+            cpu_usage_usec: cgroup.cpu_usage_usec().map_err(measure)?,
+            memory_used_bytes: cgroup.memory_usage_bytes().map_err(measure)?,
+            memory_cache_bytes: cgroup.memory_cache_bytes().map_err(measure)?,
+            disk_used_bytes,
+        })
     }
 
     async fn resume(&self, sandbox_id: &str) -> Result<()> {

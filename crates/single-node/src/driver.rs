@@ -5,8 +5,8 @@ use async_trait::async_trait;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    CommandOutput, CommandRequest, RuntimeCreatedSandbox, RuntimeHandle, RuntimeSnapshotRef,
-    SingleNodeCreateRequest, SnapshotRecord,
+    CommandOutput, CommandRequest, RuntimeCreatedSandbox, RuntimeHandle, RuntimeMetrics,
+    RuntimeSnapshotRef, SingleNodeCreateRequest, SnapshotRecord,
 };
 use crate::ports::PortRegistry;
 
@@ -85,6 +85,11 @@ pub trait RuntimeDriver: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<CommandOutput> {
         let _ = request;
         Err(self.unsupported("run_command", sandbox_id))
+    }
+
+    /// What a sandbox uses now: CPU time since it started, memory, disk.
+    async fn metrics(&self, sandbox_id: &str) -> Result<RuntimeMetrics> {
+        Err(self.unsupported("report metrics", sandbox_id))
     }
 
     /// The error the defaults return.

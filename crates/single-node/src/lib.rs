@@ -52,7 +52,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use id::{GENERATED_ID_LEN, MAX_ID_LEN, SandboxId};
 pub use model::{
     CommandOutput, CommandRequest, LogEvent, LogLevel, PortRoute, RuntimeCreatedSandbox,
-    RuntimeHandle, RuntimeSnapshotRef, SandboxResources, SandboxSession, SandboxState,
+    RuntimeHandle, RuntimeMetrics, RuntimeSnapshotRef, SandboxResources, SandboxSession, SandboxState,
     SingleNodeCreateRequest, SnapshotRecord, TemplateMetadata, TimeoutAction,
 };
 pub use ports::PortRegistry;

@@ -436,6 +436,19 @@ impl TemplateMetadata {
     }
 }
 
+/// Resource usage of a sandbox, as a driver measures it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeMetrics {
+    /// CPU time used since the sandbox started, microseconds (all CPUs together).
+    pub cpu_usage_usec: u64,
+    /// Memory in use, page cache included, bytes.
+    pub memory_used_bytes: u64,
+    /// Of which page cache, bytes.
+    pub memory_cache_bytes: u64,
+    /// Bytes the sandbox wrote to its own layers.
+    pub disk_used_bytes: u64,
+}
+
 /// What a driver returns from `snapshot`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuntimeSnapshotRef {

@@ -324,6 +324,16 @@ impl SandboxCgroup {
         }
     }
 
+    /// Of [`SandboxCgroup::memory_usage_bytes`], the page cache (v1 `cache`, v2 `file` in
+    /// `memory.stat`); 0 when the kernel does not say.
+    pub fn memory_cache_bytes(&self) -> Result<u64, CgroupError> {
+        let (path, key) = match self.handle.version {
+            CgroupVersion::V1 => (self.dir("memory").join("memory.stat"), "cache"),
+            CgroupVersion::V2 => (self.dir("unified").join("memory.stat"), "file"),
+        };
+        Ok(fs::read_keyed(&path, key)?.unwrap_or(0))
+    }
+
     /// CPU time used by the sandbox so far, in microseconds.
     pub fn cpu_usage_usec(&self) -> Result<u64, CgroupError> {
         match self.handle.version {

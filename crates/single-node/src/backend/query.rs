@@ -1,10 +1,10 @@
-//! Reading sandboxes: get, list with filters and stable pagination, logs.
+//! Reading sandboxes: get, list with filters and stable pagination, metrics, logs.
 
 use std::collections::BTreeMap;
 
 use crate::backend::SingleNodeBackend;
 use crate::error::{Error, Result};
-use crate::model::{LogEvent, SandboxSession, SandboxState};
+use crate::model::{LogEvent, RuntimeMetrics, SandboxSession, SandboxState};
 use crate::state::ActiveSessionRecord;
 
 /// Order of a listing, by start time then id.
@@ -145,6 +145,18 @@ impl SingleNodeBackend {
             sandboxes: matching.into_iter().map(SandboxSession::new).collect(),
             next_token,
         })
+    }
+
+    /// What a sandbox uses now, as its driver measures it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SandboxNotFound`], or the driver's error ([`Error::UnsupportedCapability`]
+    /// when it cannot measure).
+    pub async fn metrics(&self, sandbox_id: &str) -> Result<(SandboxSession, RuntimeMetrics)> {
+        let session = self.get(sandbox_id)?;
+        let metrics = self.shared.driver.metrics(sandbox_id).await?;
+        Ok((session, metrics))
     }
 
     /// Up to `limit` log events of a sandbox from sequence number `cursor` on (oldest
