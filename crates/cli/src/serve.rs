@@ -66,13 +66,14 @@ async fn serve(
     // This executable is also the sandbox init helper (see main).
     let helper = std::env::current_exe().context("find this executable")?;
     let driver_config = NamespaceConfig::new(state_dir, envd, helper);
-    let db = state_dir.join("db");
-    let store = StateStore::open(&db)
-        .with_context(|| format!("open the state in {}", db.display()))?;
+    // The durable state (state.db) shares the directory with the driver's templates,
+    // sandboxes and views, so `firkin state show` reads the same directory.
+    let store = StateStore::open(state_dir)
+        .with_context(|| format!("open the state in {}", state_dir.display()))?;
     let driver = NamespaceDriver::for_state(driver_config, &store)
         .await
         .context("start the Linux driver")?;
-    let backend = SingleNodeBackend::builder(SingleNodeConfig::new(&db), Arc::new(driver))
+    let backend = SingleNodeBackend::builder(SingleNodeConfig::new(state_dir), Arc::new(driver))
         .state(store)
         .build()
         .await
@@ -161,6 +162,9 @@ fn stored_api_key(state_dir: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("create {}", path.display()))?;
     std::io::Write::write_all(&mut file, key.as_bytes())?;
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    eprintln!("firkin serve: generated an API key, kept in {}", path.display());
+    eprintln!(
+        "firkin serve: generated an API key, kept in {}",
+        path.display()
+    );
     Ok(key)
 }

@@ -56,7 +56,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/templates", get(not_built("templates")))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
         })
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -400,9 +403,9 @@ fn logs_query(query: Option<&str>) -> ApiResult<(Option<i64>, usize)> {
                 })?);
             }
             "limit" => {
-                limit = value
-                    .parse()
-                    .map_err(|_| ApiError::bad_request(format!("limit {value:?} is not a number")))?;
+                limit = value.parse().map_err(|_| {
+                    ApiError::bad_request(format!("limit {value:?} is not a number"))
+                })?;
             }
             _ => {}
         }
@@ -494,7 +497,13 @@ mod tests {
 
     #[test]
     fn bad_list_queries_are_rejected_with_a_reason() {
-        for query in ["state=dead", "limit=0", "limit=x", "order=up", "startedAfter=now"] {
+        for query in [
+            "state=dead",
+            "limit=0",
+            "limit=x",
+            "order=up",
+            "startedAfter=now",
+        ] {
             let error = list_query(Some(query)).unwrap_err();
             assert_eq!(error.status, StatusCode::BAD_REQUEST, "{query}");
         }

@@ -44,7 +44,9 @@ impl ApiError {
 
     /// 404 for an unknown sandbox, worded as E2B does.
     pub fn sandbox_not_found(sandbox_id: &str) -> Self {
-        Self::not_found(format!("sandbox \"{sandbox_id}\" doesn't exist or you don't have access to it"))
+        Self::not_found(format!(
+            "sandbox \"{sandbox_id}\" doesn't exist or you don't have access to it"
+        ))
     }
 }
 

@@ -82,18 +82,20 @@ impl AppState {
 pub fn app(state: Arc<AppState>) -> axum::Router {
     let control = control::router(state.clone());
     axum::Router::new()
-        .fallback(move |State(state): State<Arc<AppState>>, request: Request<Body>| {
-            let control = control.clone();
-            async move {
-                match proxy::route(&state, request).await {
-                    Ok(response) => response,
-                    Err(request) => match control.oneshot(request).await {
+        .fallback(
+            move |State(state): State<Arc<AppState>>, request: Request<Body>| {
+                let control = control.clone();
+                async move {
+                    match proxy::route(&state, request).await {
                         Ok(response) => response,
-                        Err(never) => match never {},
-                    },
+                        Err(request) => match control.oneshot(request).await {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        },
+                    }
                 }
-            }
-        })
+            },
+        )
         .with_state(state)
 }
 

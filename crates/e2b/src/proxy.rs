@@ -329,7 +329,7 @@ fn sandbox_paused(sandbox_id: &str) -> Response {
 }
 
 /// A 502 for a sandbox port that could not be reached for another reason than a refusal.
-fn unreachable(sandbox_id: &str, port: u16, message: String) -> Response {
+fn unreachable_port(sandbox_id: &str, port: u16, message: String) -> Response {
     let body = serde_json::json!({
         "sandboxId": sandbox_id,
         "message": message,
@@ -453,6 +453,8 @@ async fn forward(state: &AppState, id: &str, port: u16, mut request: Request<Bod
     }
     parts.uri = uri;
     parts.version = Version::HTTP_11;
+    // The server side's extensions (its upgrade handle, connection info) mean nothing here.
+    parts.extensions = axum::http::Extensions::new();
     let counters = proxy.counters.clone();
     let body = Body::new(body.map_frame(move |frame| {
         if let Some(data) = frame.data_ref() {
@@ -472,7 +474,7 @@ async fn forward(state: &AppState, id: &str, port: u16, mut request: Request<Bod
                 port_not_open(id, port)
             } else if caused_by(&error, io::ErrorKind::TimedOut) {
                 tracing::debug!(sandbox = id, port, %target, "proxy: connect timed out");
-                unreachable(
+                unreachable_port(
                     id,
                     port,
                     format!(
@@ -489,7 +491,7 @@ async fn forward(state: &AppState, id: &str, port: u16, mut request: Request<Bod
                 } else {
                     format!("The sandbox did not answer the request on port {port}: {detail}")
                 };
-                unreachable(id, port, message)
+                unreachable_port(id, port, message)
             };
         }
     };
