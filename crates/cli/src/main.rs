@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod sandbox_cmd;
 mod serve;
 mod state_cmd;
 
@@ -46,6 +47,18 @@ enum Command {
         #[command(flatten)]
         args: serve::ServeArgs,
     },
+    /// Create, list, run commands in, pause, resume and kill sandboxes of a running daemon.
+    Sandbox {
+        /// State directory of the daemon, to find its API key when none is given.
+        #[arg(long, env = "FIRKIN_STATE_DIR", global = true)]
+        state_dir: Option<PathBuf>,
+
+        #[command(flatten)]
+        client: sandbox_cmd::ClientArgs,
+
+        #[command(subcommand)]
+        command: sandbox_cmd::SandboxCommand,
+    },
     /// Check which kernel features this host has, and what does not work without them.
     ///
     /// Always exits 0: a missing feature is reported, not an error.
@@ -73,6 +86,18 @@ fn main() -> ExitCode {
         }
         Command::Serve { state_dir, args } => {
             serve::run(&state_dir.unwrap_or_else(default_state_dir), args)
+        }
+        Command::Sandbox {
+            state_dir,
+            client,
+            command,
+        } => {
+            let dir = state_dir.unwrap_or_else(default_state_dir);
+            match sandbox_cmd::run(&dir, client, command, cli.json) {
+                // The exit code of `exec` is the command's.
+                Ok(code) if code != 0 => return ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                other => other.map(|_| ()),
+            }
         }
         Command::Doctor => doctor(cli.json),
     };

@@ -87,7 +87,7 @@ async fn serve(
     let mut config = E2bConfig::new(&api_key);
     config.domain = args.domain.clone();
     config.envd_version = firkin_envd::ENVD_VERSION.to_owned();
-    let state = AppState::new(backend, config);
+    let state = AppState::new(backend.clone(), config);
 
     eprintln!(
         "firkin serve: listening on http://{address} (state {}, ready in {:.0?}; re-adopted {}, reclaimed {})",
@@ -104,6 +104,10 @@ async fn serve(
     firkin_e2b::serve(listener, state, shutdown_signal())
         .await
         .context("serve")?;
+    backend
+        .shutdown()
+        .await
+        .context("release the driver's network pool")?;
     eprintln!("firkin serve: stopped; sandboxes keep running and are re-adopted at the next start");
     Ok(())
 }

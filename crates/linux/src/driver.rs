@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use firkin_single_node::{
-    Error, PortRegistry, Result, RuntimeCreatedSandbox, RuntimeDriver, RuntimeHandle, RuntimeMetrics,
-    SingleNodeCreateRequest, StateStore,
+    Error, PortRegistry, Result, RuntimeCreatedSandbox, RuntimeDriver, RuntimeHandle,
+    RuntimeMetrics, SingleNodeCreateRequest, StateStore,
 };
 
 use crate::cgroup::{CgroupHandle, CgroupLayout, CgroupLimits, SandboxCgroup};
@@ -549,9 +549,14 @@ impl RuntimeDriver for NamespaceDriver {
         self.cgroup_of(sandbox_id)?.freeze().map_err(launch_failed)
     }
 
+    async fn shutdown(&self) -> Result<()> {
+        self.slots.shutdown().await.map_err(launch_failed)
+    }
+
     async fn metrics(&self, sandbox_id: &str) -> Result<RuntimeMetrics> {
         let cgroup = self.cgroup_of(sandbox_id)?;
-        let measure = |error| Error::RuntimeCommandFailed(format!("metrics of {sandbox_id}: {error}"));
+        let measure =
+            |error| Error::RuntimeCommandFailed(format!("metrics of {sandbox_id}: {error}"));
         let dir = self.sandbox_dir(sandbox_id);
         let disk_used_bytes = tokio::task::spawn_blocking(move || disk_usage(&dir))
             .await

@@ -92,6 +92,12 @@ pub trait RuntimeDriver: Send + Sync + std::fmt::Debug + 'static {
         Err(self.unsupported("report metrics", sandbox_id))
     }
 
+    /// The daemon is stopping: release what the driver keeps ready for future sandboxes
+    /// (pools). Sandboxes keep running, to be re-adopted by the next daemon.
+    async fn shutdown(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The error the defaults return.
     fn unsupported(&self, operation: &str, sandbox_id: &str) -> Error {
         Error::UnsupportedCapability(format!(

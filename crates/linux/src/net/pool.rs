@@ -219,7 +219,7 @@ impl SlotPool {
     /// Stops the filler and tears down the ready slots (slots handed out are the caller's
     /// to release). Without it, dropping the pool leaves the ready slots for
     /// [`reclaim_leftovers`] to find.
-    pub async fn shutdown(self) -> Result<(), NetError> {
+    pub async fn shutdown(&self) -> Result<(), NetError> {
         self.inner.state().closed = true;
         self.inner.wake.notify_one();
         let filler = self.filler.lock().unwrap_or_else(|e| e.into_inner()).take();

@@ -203,6 +203,15 @@ impl SingleNodeBackend {
             .clone()
     }
 
+    /// The daemon is stopping: the driver releases its pools; sandboxes keep running.
+    ///
+    /// # Errors
+    ///
+    /// The driver's.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.shared.driver.shutdown().await
+    }
+
     /// The driver.
     #[must_use]
     pub fn driver(&self) -> &Arc<dyn RuntimeDriver> {

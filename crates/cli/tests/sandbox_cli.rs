@@ -1,0 +1,166 @@
+//! `firkin serve` and the `firkin sandbox` client against it, as built binaries: create with
+//! metadata and env, ls, exec (streamed output, the command's exit code), pause, resume,
+//! logs, kill; a second kill and a wrong API key fail with a `firkin:` message. Needs root
+//! and the static envd (`scripts/build-envd`); skips with a message otherwise.
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Output, Stdio};
+
+    fn envd() -> PathBuf {
+        std::env::var_os("FIRKIN_ENVD_BIN").map_or_else(
+            || {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../target/x86_64-unknown-linux-gnu/envd/firkin-envd")
+            },
+            PathBuf::from,
+        )
+    }
+
+    struct Daemon {
+        child: Child,
+        url: String,
+        state: tempfile::TempDir,
+    }
+
+    impl Drop for Daemon {
+        /// SIGTERM, as a user stops it: the daemon releases its spare network slots.
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn start_daemon() -> Option<Daemon> {
+        if !std::fs::metadata("/proc/self")
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        {
+            eprintln!("SKIP sandbox CLI test: needs root");
+            return None;
+        }
+        if !envd().exists() {
+            eprintln!(
+                "SKIP sandbox CLI test: {} not built (scripts/build-envd)",
+                envd().display()
+            );
+            return None;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_firkin"))
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--envd-bin")
+            .arg(envd())
+            .env_remove("FIRKIN_API_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let url = stdout
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("export E2B_API_URL=").map(str::to_owned))
+            .expect("the daemon printed no E2B_API_URL");
+        Some(Daemon { child, url, state })
+    }
+
+    fn firkin(daemon: &Daemon, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_firkin"))
+            .arg("sandbox")
+            .args(args)
+            .env("FIRKIN_URL", &daemon.url)
+            .env("FIRKIN_STATE_DIR", daemon.state.path())
+            .env_remove("FIRKIN_API_KEY")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(output: &Output) -> String {
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout.clone()).unwrap()
+    }
+
+    #[test]
+    fn the_cli_drives_a_real_daemon() {
+        let Some(daemon) = start_daemon() else {
+            return;
+        };
+        let id = ok(&firkin(
+            &daemon,
+            &[
+                "create",
+                "--metadata",
+                "team=cli",
+                "--env",
+                "GREETING=hi there",
+            ],
+        ))
+        .trim()
+        .to_owned();
+        assert_eq!(id.len(), 20, "{id}");
+        let listed: serde_json::Value =
+            serde_json::from_str(&ok(&firkin(&daemon, &["--json", "ls"]))).unwrap();
+        assert_eq!(listed[0]["sandboxID"], id.as_str());
+        assert_eq!(listed[0]["metadata"]["team"], "cli");
+
+        let out = firkin(
+            &daemon,
+            &["exec", &id, "--", "sh", "-c", "echo $GREETING; exit 7"],
+        );
+        assert_eq!(out.status.code(), Some(7));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi there\n");
+        assert_eq!(
+            ok(&firkin(
+                &daemon,
+                &["exec", &id, "--user", "root", "--", "whoami"]
+            )),
+            "root\n"
+        );
+
+        ok(&firkin(&daemon, &["pause", &id]));
+        assert!(ok(&firkin(&daemon, &["ls"])).contains("paused"));
+        ok(&firkin(&daemon, &["resume", &id]));
+        assert_eq!(
+            ok(&firkin(&daemon, &["exec", &id, "--", "echo", "back"])),
+            "back\n"
+        );
+        let logs = ok(&firkin(&daemon, &["logs", &id]));
+        assert!(
+            logs.contains("paused") && logs.contains("resumed"),
+            "{logs}"
+        );
+
+        ok(&firkin(&daemon, &["kill", &id]));
+        let again = firkin(&daemon, &["kill", &id]);
+        assert!(!again.status.success());
+        assert!(String::from_utf8_lossy(&again.stderr).contains("firkin: DELETE"));
+        let wrong_key = Command::new(env!("CARGO_BIN_EXE_firkin"))
+            .args(["sandbox", "ls", "--api-key", "wrong"])
+            .env("FIRKIN_URL", &daemon.url)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&wrong_key.stderr).contains("401"));
+        assert_eq!(
+            ok(&firkin(&daemon, &["ls"])).lines().count(),
+            1,
+            "only the header left"
+        );
+    }
+}
