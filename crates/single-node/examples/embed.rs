@@ -1,8 +1,8 @@
 //! Embedding `firkin-single-node` without a daemon: open a backend over a state directory,
 //! create a sandbox, pause, list, read its log, delete it.
 //!
-//! The Linux driver is not there yet, so this uses the in-memory fake driver; swap in
-//! `firkin_linux::NamespaceDriver` once it exists.
+//! This uses the in-memory fake driver, so it runs anywhere; `firkin-linux`'s example does
+//! the same with real sandboxes.
 //!
 //! Run: `cargo run -p firkin-single-node --example embed`
 
