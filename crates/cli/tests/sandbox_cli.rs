@@ -50,6 +50,12 @@ mod tests {
             return None;
         }
         let state = tempfile::tempdir().unwrap();
+        // A private state directory (as mkdtemp makes it): the daemon must still work.
+        std::fs::set_permissions(
+            state.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

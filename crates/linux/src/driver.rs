@@ -119,6 +119,7 @@ impl NamespaceDriver {
     ///
     /// When the template, cgroups or network cannot be set up.
     pub async fn new(config: NamespaceConfig, surviving: &[RuntimeHandle]) -> Result<Self> {
+        searchable_by_sandboxes(&config.state_dir)?;
         let host = HostFacts::read().map_err(launch_failed)?;
         let template = BaseTemplate::build(
             &config.state_dir.join("templates/base"),
@@ -237,6 +238,39 @@ impl NamespaceDriver {
     }
 }
 
+/// Sandbox root (a shifted, unprivileged host id) mounts its overlays from under the state
+/// directory, so every directory on the way must let others search it. The state directory
+/// itself is made so (search only: its entries stay unlistable); an ancestor that is not is
+/// an error to fix by hand.
+fn searchable_by_sandboxes(state_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| launch_failed(format!("create {}: {e}", state_dir.display())))?;
+    let mode = std::fs::metadata(state_dir)
+        .map_err(|e| launch_failed(format!("stat {}: {e}", state_dir.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o001 == 0 {
+        tracing::info!(dir = %state_dir.display(), "letting sandboxes search the state directory (o+x)");
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(mode | 0o001))
+            .map_err(|e| launch_failed(format!("chmod o+x {}: {e}", state_dir.display())))?;
+    }
+    let absolute = std::fs::canonicalize(state_dir)
+        .map_err(|e| launch_failed(format!("resolve {}: {e}", state_dir.display())))?;
+    for ancestor in absolute.ancestors().skip(1) {
+        let mode = std::fs::metadata(ancestor).map_or(0o755, |m| m.permissions().mode());
+        if mode & 0o001 == 0 {
+            return Err(Error::InvalidRequest(format!(
+                "sandboxes cannot reach the state directory {}: {} is not searchable by others (mode {:o}); chmod o+x it or choose another state directory",
+                state_dir.display(),
+                ancestor.display(),
+                mode & 0o7777
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `/usr` → `usr`, `/lib64` → `lib64`.
 fn layer_name(target: &Path) -> String {
     target
@@ -282,17 +316,20 @@ fn host_layers(
         .collect()
 }
 
-/// Remove every sandbox cgroup and sandbox directory that no surviving sandbox owns: what a
-/// daemon killed half-way through a create or delete left behind. (Slots are reclaimed by
-/// the pool.)
+/// Remove every sandbox cgroup and sandbox directory of this state directory that no
+/// surviving sandbox owns: what a daemon killed half-way through a create or delete left
+/// behind. A cgroup counts as this state's when its sandbox directory is here (create makes
+/// the directory before the cgroup, delete removes it after), so the sandboxes of a daemon
+/// with another state directory are left alone. (Slots are reclaimed by the pool.)
 fn reclaim_leftovers(
     config: &NamespaceConfig,
     layout: &CgroupLayout,
     surviving: &[Handle],
 ) -> Result<()> {
     let owned = |name: &str| surviving.iter().any(|handle| handle.cgroup.name == name);
+    let ours = |name: &str| config.state_dir.join("sandboxes").join(name).exists();
     for name in layout.firkin_cgroups().map_err(launch_failed)? {
-        if !owned(&name) {
+        if ours(&name) && !owned(&name) {
             tracing::warn!(cgroup = %name, "reclaiming a leftover sandbox cgroup");
             SandboxCgroup::reclaim(layout, &name).map_err(launch_failed)?;
         }

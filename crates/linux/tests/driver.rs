@@ -39,11 +39,22 @@ mod tests {
         .unwrap();
         std::fs::create_dir_all(state.path().join("sandboxes").join(&orphan).join("upper"))
             .unwrap();
+        // A sandbox cgroup of another daemon (no directory in this state) must be left alone.
+        let foreign = format!("foreign-{}", std::process::id());
+        let foreign_cgroup = firkin_linux::cgroup::SandboxCgroup::create(
+            &layout,
+            &foreign,
+            &firkin_linux::cgroup::CgroupLimits::default(),
+        )
+        .unwrap();
         let backend = harness.backend().await;
         assert!(
             !layout.firkin_cgroups().unwrap().contains(&orphan),
             "leftover cgroup not reclaimed"
         );
+        let foreign_survived = layout.firkin_cgroups().unwrap().contains(&foreign);
+        foreign_cgroup.remove().unwrap();
+        assert!(foreign_survived, "another daemon's sandbox cgroup was reclaimed");
         assert!(
             !state.path().join("sandboxes").join(&orphan).exists(),
             "leftover dir not removed"
