@@ -54,7 +54,10 @@ mod tests {
         );
         let foreign_survived = layout.firkin_cgroups().unwrap().contains(&foreign);
         foreign_cgroup.remove().unwrap();
-        assert!(foreign_survived, "another daemon's sandbox cgroup was reclaimed");
+        assert!(
+            foreign_survived,
+            "another daemon's sandbox cgroup was reclaimed"
+        );
         assert!(
             !state.path().join("sandboxes").join(&orphan).exists(),
             "leftover dir not removed"
