@@ -52,8 +52,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use id::{GENERATED_ID_LEN, MAX_ID_LEN, SandboxId};
 pub use model::{
     CommandOutput, CommandRequest, LogEvent, LogLevel, PortRoute, RuntimeCreatedSandbox,
-    RuntimeHandle, RuntimeMetrics, RuntimeSnapshotRef, SandboxResources, SandboxSession, SandboxState,
-    SingleNodeCreateRequest, SnapshotRecord, TemplateMetadata, TimeoutAction,
+    RuntimeHandle, RuntimeMetrics, RuntimeSnapshotRef, SandboxResources, SandboxSession,
+    SandboxState, SingleNodeCreateRequest, SnapshotRecord, TemplateMetadata, TimeoutAction,
 };
 pub use ports::PortRegistry;
 pub use reaper::{Reaped, ReaperHandle};
