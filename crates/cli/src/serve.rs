@@ -28,15 +28,13 @@ pub(crate) struct ServeArgs {
     /// `firkin-envd` beside this executable.
     #[arg(long, env = "FIRKIN_ENVD_BIN")]
     envd_bin: Option<PathBuf>,
-    /// TLS listener with a local CA (not built yet).
+    /// Also serve over TLS here (recipe B: host names under the domain), with a certificate
+    /// for `*.<domain>` from a local CA made on first use in `<state>/tls/`.
     #[arg(long, env = "FIRKIN_TLS_LISTEN")]
     tls_listen: Option<SocketAddr>,
 }
 
 pub(crate) fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
-    if args.tls_listen.is_some() {
-        bail!("--tls-listen is not implemented yet: use recipe A (plain HTTP, E2B_SANDBOX_URL)");
-    }
     if !crate::is_root() {
         bail!(
             "firkin serve needs root (it creates namespaces, cgroups and network devices); run it with sudo"
@@ -87,6 +85,22 @@ async fn serve(
     let mut config = E2bConfig::new(&api_key);
     config.domain = args.domain.clone();
     config.envd_version = firkin_envd::ENVD_VERSION.to_owned();
+    let tls = match args.tls_listen {
+        Some(tls_address) => {
+            let ca = firkin_e2b::tls::LocalCa::ensure(&state_dir.join("tls"), &args.domain)
+                .context("make the local CA")?;
+            let server_config = ca.server_config().context("load the TLS certificate")?;
+            let tls_listener = tokio::net::TcpListener::bind(tls_address)
+                .await
+                .with_context(|| format!("listen on {tls_address}"))?;
+            let port = tls_listener.local_addr()?.port();
+            // The SDK then builds https://<port>-<id>.<domain>:<tls port> by itself.
+            config.domain = format!("{}:{port}", args.domain);
+            config.advertise_domain = true;
+            Some((tls_listener, server_config, ca))
+        }
+        None => None,
+    };
     let state = AppState::new(backend.clone(), config);
 
     eprintln!(
@@ -101,9 +115,45 @@ async fn serve(
     println!("export E2B_SANDBOX_URL=http://{address}");
     println!("export E2B_API_KEY={api_key}");
 
-    firkin_e2b::serve(listener, state, shutdown_signal())
-        .await
-        .context("serve")?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let tls_task = match tls {
+        Some((tls_listener, server_config, ca)) => {
+            let tls_address = tls_listener.local_addr()?;
+            eprintln!(
+                "firkin serve: TLS on https://api.{}:{} (CA {}); or, with host names:",
+                args.domain,
+                tls_address.port(),
+                ca.ca_cert.display()
+            );
+            println!(
+                "# recipe B (TLS, host names): these instead of E2B_API_URL and E2B_SANDBOX_URL"
+            );
+            println!("export E2B_DOMAIN={}:{}", args.domain, tls_address.port());
+            println!("export SSL_CERT_FILE={}", ca.ca_cert.display());
+            println!("export NODE_EXTRA_CA_CERTS={}", ca.ca_cert.display());
+            let app = firkin_e2b::app(state.clone());
+            Some(tokio::spawn(firkin_e2b::tls::serve_tls(
+                tls_listener,
+                server_config,
+                app,
+                until_stopped(),
+            )))
+        }
+        None => None,
+    };
+    let plain = tokio::spawn(firkin_e2b::serve(listener, state, until_stopped()));
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    plain.await.context("serve")?.context("serve")?;
+    if let Some(task) = tls_task {
+        task.await.context("serve TLS")?.context("serve TLS")?;
+    }
     backend
         .shutdown()
         .await

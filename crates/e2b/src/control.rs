@@ -66,7 +66,21 @@ pub fn router(state: Arc<AppState>) -> Router {
             require_api_key,
         ))
         .route("/health", get(|| async { StatusCode::OK }))
+        .route("/metrics", get(daemon_metrics))
         .with_state(state)
+}
+
+/// Prometheus text: sandboxes by state, create latency, proxy traffic (no API key, like
+/// `/health`: it names no sandbox).
+async fn daemon_metrics(State(state): Shared) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&state),
+    )
+        .into_response()
 }
 
 /// 401 unless `X-API-KEY` is the configured key (compared in constant time).
@@ -160,7 +174,12 @@ async fn create(State(state): Shared, body: Body) -> ApiResult<Response> {
     if body.auto_pause == Some(true) {
         request = request.with_on_timeout(TimeoutAction::Pause);
     }
-    let session = state.backend.create(request).await?;
+    let started = std::time::Instant::now();
+    let created = state.backend.create(request).await;
+    state
+        .metrics
+        .record_create(started.elapsed(), created.is_ok());
+    let session = created?;
     let sandbox = Sandbox::of(&session, &state.config.envd_version, domain(&state));
     Ok((StatusCode::CREATED, axum::Json(sandbox)).into_response())
 }

@@ -15,7 +15,9 @@
 pub mod control;
 pub mod dto;
 pub mod error;
+pub mod metrics;
 pub mod proxy;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -61,6 +63,8 @@ pub struct AppState {
     pub config: E2bConfig,
     /// The sandbox proxy's connection pools.
     pub proxy: proxy::Proxy,
+    /// The daemon's own counters (`GET /metrics`).
+    pub metrics: metrics::DaemonMetrics,
     /// Last CPU sample per sandbox (unix ms, CPU µs), for the metrics' CPU percentage.
     pub(crate) cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
 }
@@ -73,6 +77,7 @@ impl AppState {
             backend,
             config,
             proxy: proxy::Proxy::new(),
+            metrics: metrics::DaemonMetrics::default(),
             cpu_samples: std::sync::Mutex::default(),
         })
     }

@@ -191,6 +191,7 @@ _daemon: Daemon | None = None
 def start_daemon(run_id: str) -> Daemon:
     firkin, envd = firkin_binary(), envd_binary()
     port = free_port()
+    tls_port = free_port()
     state_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"firkin-e2b-sdk-{run_id}-"))
     # mkdtemp makes it 0700, which the sandboxes' id-shifted overlay mounts cannot traverse.
     state_dir.chmod(0o755)
@@ -209,6 +210,8 @@ def start_daemon(run_id: str) -> Daemon:
             str(envd),
             "--api-key",
             api_key,
+            "--tls-listen",
+            f"127.0.0.1:{tls_port}",
         ],
         stdout=subprocess.PIPE,
         stderr=log,
@@ -232,7 +235,7 @@ def start_daemon(run_id: str) -> Daemon:
     threading.Thread(target=pump, daemon=True).start()
     env: dict[str, str] = {}
     deadline = time.monotonic() + 30
-    wanted = {"E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY"}
+    wanted = {"E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN", "SSL_CERT_FILE"}
     while not wanted <= env.keys():
         try:
             line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -248,7 +251,7 @@ def start_daemon(run_id: str) -> Daemon:
                 f" its log ({log_path}):\n{daemon.log_since(0)}",
                 pytrace=False,
             )
-        match = re.fullmatch(r"export (E2B_[A-Z_]+)=(.*)", line.strip())
+        match = re.fullmatch(r"export ([A-Z][A-Z0-9_]*)=(.*)", line.strip())
         if match:
             env[match.group(1)] = match.group(2)
     daemon = Daemon(process, log_path, state_dir, env, run_id)
@@ -316,8 +319,11 @@ def firkin():
     slots_before = network_slots()
     daemon = start_daemon(run_id)
     _daemon = daemon
-    saved = {k: os.environ.get(k) for k in list(daemon.env) + ["E2B_DEBUG", "E2B_DOMAIN"]}
-    os.environ.update(daemon.env)
+    # Recipe A for the tests; recipe B's variables (TLS and host names) only for the tests
+    # that ask for them (daemon.env keeps them).
+    recipe_a = {k: v for k, v in daemon.env.items() if k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY")}
+    saved = {k: os.environ.get(k) for k in list(recipe_a) + ["E2B_DEBUG", "E2B_DOMAIN"]}
+    os.environ.update(recipe_a)
     os.environ.pop("E2B_DEBUG", None)
     os.environ.pop("E2B_DOMAIN", None)
     problems = []

@@ -1,0 +1,44 @@
+"""The daemon's own Prometheus metrics (`GET /metrics`): live sandboxes by state, the create
+latency histogram and proxy traffic move as a user creates, uses and pauses a sandbox."""
+
+import os
+import re
+import urllib.request
+
+
+def scrape() -> dict[str, float]:
+    with urllib.request.urlopen(os.environ["E2B_API_URL"] + "/metrics", timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_follow_creates_proxy_traffic_and_pauses(sandbox):
+    before = scrape()
+    sandbox.commands.run("head -c 100000 /dev/zero | base64 > /dev/null; echo done")
+    sandbox.files.write("/tmp/blob", b"x" * 50_000)
+    after = scrape()
+    assert after['firkin_sandboxes{state="running"}'] >= 1
+    assert after["firkin_sandbox_create_seconds_count"] >= 1
+    assert after['firkin_sandbox_create_seconds_bucket{le="+Inf"}'] == after["firkin_sandbox_create_seconds_count"]
+    buckets = sorted(
+        (float(re.search(r'le="([^"]+)"', k).group(1)), v)
+        for k, v in after.items()
+        if k.startswith("firkin_sandbox_create_seconds_bucket") and "+Inf" not in k
+    )
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets), "buckets are not cumulative"
+    assert after["firkin_proxy_requests_total"] >= before["firkin_proxy_requests_total"] + 2
+    to_sandbox = 'firkin_proxy_bytes_total{direction="to_sandbox"}'
+    assert after[to_sandbox] - before[to_sandbox] >= 50_000
+
+    running = after['firkin_sandboxes{state="running"}']
+    sandbox.pause()
+    paused = scrape()
+    assert paused['firkin_sandboxes{state="paused"}'] >= 1
+    assert paused['firkin_sandboxes{state="running"}'] == running - 1
