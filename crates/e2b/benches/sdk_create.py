@@ -1,0 +1,135 @@
+"""Benchmark: the real `e2b` Python SDK against `firkin serve`, side by side in the same run
+with `runc run` of a busybox root file system running `echo hi` (the bare engine a user would
+otherwise script). Call by call, interleaved:
+
+  firkin: Sandbox.create() then commands.run("echo hi")   (create + first command)
+          sandbox.kill()                                   (kill)
+  runc:   runc run of a busybox bundle running `echo hi`   (create + first command + delete)
+
+Run (as root, after scripts/bench-runc-setup and a release build):
+  cargo build --release -p firkin
+  FIRKIN_BENCH_SAMPLES=200 target/sdk-venv/bin/python crates/e2b/benches/sdk_create.py
+
+Percentiles are nearest-rank over the samples; the first 5 of each kind are warm-up.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+SAMPLES = int(os.environ.get("FIRKIN_BENCH_SAMPLES", "200"))
+WARMUP = 5
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * p // 100))
+    return ordered[int(rank) - 1]
+
+
+def row(name, values):
+    ms = [v * 1000 for v in values]
+    print(
+        f"| {name:<44} | {len(ms):>5} | {percentile(ms, 50):7.2f} | {percentile(ms, 95):7.2f}"
+        f" | {percentile(ms, 99):7.2f} | {max(ms):7.2f} |"
+    )
+
+
+def busybox_bundle(root: pathlib.Path) -> pathlib.Path:
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        sys.exit("no busybox: apt-get install busybox-static (scripts/bench-runc-setup does)")
+    bundle = root / "busybox-bundle"
+    rootfs = bundle / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    for sub in ("proc", "dev", "sys", "tmp"):
+        (rootfs / sub).mkdir()
+    shutil.copy(busybox, rootfs / "bin" / "busybox")
+    for tool in ("sh", "echo"):
+        (rootfs / "bin" / tool).symlink_to("busybox")
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["/bin/echo", "hi"]
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
+
+
+def start_daemon(state: pathlib.Path):
+    firkin = REPO / "target/release/firkin"
+    envd = REPO / "target/x86_64-unknown-linux-gnu/envd/firkin-envd"
+    for binary in (firkin, envd):
+        if not binary.is_file():
+            sys.exit(f"{binary} missing: cargo build --release -p firkin; scripts/build-envd")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [str(firkin), "serve", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}",
+         "--envd-bin", str(envd), "--api-key", "bench"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    for line in process.stdout:
+        if line.startswith("export E2B_API_KEY="):
+            break
+    os.environ.update({
+        "E2B_API_URL": f"http://127.0.0.1:{port}",
+        "E2B_SANDBOX_URL": f"http://127.0.0.1:{port}",
+        "E2B_API_KEY": "bench",
+    })
+    return process
+
+
+def main():
+    if os.geteuid() != 0:
+        sys.exit("needs root")
+    if shutil.which("runc") is None:
+        sys.exit("no runc: scripts/bench-runc-setup installs it (benchmark only)")
+    work = pathlib.Path(tempfile.mkdtemp(prefix="firkin-sdk-bench-"))
+    work.chmod(0o755)
+    bundle = busybox_bundle(work)
+    daemon = start_daemon(work / "state")
+    from e2b import Sandbox
+
+    create_run, kill, runc = [], [], []
+    try:
+        for i in range(SAMPLES + WARMUP):
+            started = time.perf_counter()
+            sandbox = Sandbox.create()
+            out = sandbox.commands.run("echo hi").stdout
+            created = time.perf_counter()
+            sandbox.kill()
+            killed = time.perf_counter()
+            assert out == "hi\n", out
+            started_runc = time.perf_counter()
+            result = subprocess.run(
+                ["runc", "--root", str(work / "runc-state"), "run", "--bundle", str(bundle), f"bench-{i}"],
+                capture_output=True, text=True,
+            )
+            finished_runc = time.perf_counter()
+            assert result.stdout == "hi\n", (result.stdout, result.stderr)
+            if i >= WARMUP:
+                create_run.append(created - started)
+                kill.append(killed - created)
+                runc.append(finished_runc - started_runc)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+    print("| operation                                    |     n |  p50 ms |  p95 ms |  p99 ms |  max ms |")
+    print("|----------------------------------------------|------:|--------:|--------:|--------:|--------:|")
+    row('SDK Sandbox.create() + commands.run("echo hi")', create_run)
+    row("SDK sandbox.kill()", kill)
+    row("baseline: runc run busybox `echo hi`", runc)
+    print(f"p50 ratio runc / firkin create+run: {percentile(runc, 50) / percentile(create_run, 50):.2f}")
+
+
+if __name__ == "__main__":
+    main()
