@@ -20,13 +20,12 @@ use axum::extract::Request;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
+use firkin_envd::http::signature::{self, Operation};
 use firkin_single_node::{ListQuery, SandboxState};
 use http_body_util::BodyExt as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use sha2::{Digest as _, Sha256};
 
 use crate::AppState;
 use crate::error::{ApiError, port_not_open, sandbox_gone};
@@ -226,7 +225,7 @@ fn strip_port(host: &str) -> &str {
 struct SignedFiles {
     signature: String,
     path: String,
-    operation: &'static str,
+    operation: Operation,
     username: String,
     /// `None` also when the parameter is present but not a number (nothing can match then).
     expiration: Option<i64>,
@@ -257,9 +256,9 @@ impl SignedFiles {
             signature: signature?,
             path: path.unwrap_or_default(),
             operation: if request.method() == Method::POST {
-                "write"
+                Operation::Write
             } else {
-                "read"
+                Operation::Read
             },
             username: username.unwrap_or_default(),
             expiration: parsed_expiration.flatten(),
@@ -267,18 +266,10 @@ impl SignedFiles {
         })
     }
 
-    /// The signature envd computes for these parts under `token` (see envd's `signature.rs`).
+    /// The signature envd computes for these parts under `token` (envd's own function).
     fn expected(&self, token: &str) -> String {
-        let mut raw = format!("{}:{}:{}:{token}", self.path, self.operation, self.username);
-        if let Some(expiration) = self.expiration {
-            raw.push(':');
-            raw.push_str(&expiration.to_string());
-        }
-        let digest = Sha256::digest(raw.as_bytes());
-        format!(
-            "v1_{}",
-            base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-        )
+        let username = (!self.username.is_empty()).then_some(self.username.as_str());
+        signature::sign(&self.path, self.operation, username, token, self.expiration)
     }
 
     /// The live (running or paused) sandbox whose envd token makes the signature fit.
@@ -621,11 +612,17 @@ mod tests {
             expiration_garbled: false,
         };
         assert_eq!(
-            signed("/home/user/hello.txt", "read", "", None).expected("secret-token"),
+            signed("/home/user/hello.txt", Operation::Read, "", None).expected("secret-token"),
             "v1_ytpZKKz2vQXRZ8+eS8xBbRr9LL4kcwA5EgzNAGo1cWU"
         );
         assert_eq!(
-            signed("docs/a b.txt", "write", "root", Some(1_700_000_000)).expected("secret-token"),
+            signed(
+                "docs/a b.txt",
+                Operation::Write,
+                "root",
+                Some(1_700_000_000)
+            )
+            .expected("secret-token"),
             "v1_FiXsjaR3xPrm/n1M0Vd9KT7qGVzUwWqinvFtxq6ULNI"
         );
     }
