@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod config_file;
 mod sandbox_cmd;
 mod serve;
 mod state_cmd;
@@ -13,7 +14,7 @@ mod state_cmd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 /// firkin: a self-hosted sandbox runtime for AI agents, speaking the E2B protocol.
 #[derive(Debug, Parser)]
@@ -39,10 +40,17 @@ enum Command {
         command: state_cmd::StateCommand,
     },
     /// Run the E2B-compatible daemon: the control plane and the sandbox proxy on one listener.
+    ///
+    /// Settings come from firkin.toml, then FIRKIN_* variables, then flags (the last wins).
     Serve {
         /// State directory (default: /var/lib/firkin for root, else $XDG_STATE_HOME/firkin).
         #[arg(long, env = "FIRKIN_STATE_DIR")]
         state_dir: Option<PathBuf>,
+
+        /// Settings file (default: /etc/firkin/firkin.toml for root, else
+        /// $XDG_CONFIG_HOME/firkin/firkin.toml; a missing default file is fine).
+        #[arg(long, env = "FIRKIN_CONFIG")]
+        config: Option<PathBuf>,
 
         #[command(flatten)]
         args: serve::ServeArgs,
@@ -78,15 +86,33 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     let result = match cli.command {
         Command::State { state_dir, command } => {
             let dir = state_dir.unwrap_or_else(default_state_dir);
             state_cmd::run(&dir, command, cli.json)
         }
-        Command::Serve { state_dir, args } => {
+        Command::Serve {
+            state_dir,
+            config,
+            mut args,
+        } => (|| {
+            let file = config_file::load(config.as_deref())?;
+            let serve_matches = matches
+                .subcommand_matches("serve")
+                .expect("the serve subcommand was parsed");
+            let state_dir = if config_file::unset(serve_matches, "state_dir") {
+                file.state_dir.clone().or(state_dir)
+            } else {
+                state_dir
+            };
+            args.apply_file(file, serve_matches);
             serve::run(&state_dir.unwrap_or_else(default_state_dir), args)
-        }
+        })(),
         Command::Sandbox {
             state_dir,
             client,

@@ -34,6 +34,32 @@ pub(crate) struct ServeArgs {
     tls_listen: Option<SocketAddr>,
 }
 
+impl ServeArgs {
+    /// Take from `file` every setting that neither a flag nor its variable gave.
+    pub(crate) fn apply_file(
+        &mut self,
+        file: crate::config_file::FileConfig,
+        matches: &clap::ArgMatches,
+    ) {
+        let unset = |id| crate::config_file::unset(matches, id);
+        if let Some(listen) = file.listen.filter(|_| unset("listen")) {
+            self.listen = listen;
+        }
+        if let Some(domain) = file.domain.filter(|_| unset("domain")) {
+            self.domain = domain;
+        }
+        if unset("api_key") {
+            self.api_key = file.api_key.or(self.api_key.take());
+        }
+        if unset("envd_bin") {
+            self.envd_bin = file.envd_bin.or(self.envd_bin.take());
+        }
+        if unset("tls_listen") {
+            self.tls_listen = file.tls_listen.or(self.tls_listen.take());
+        }
+    }
+}
+
 pub(crate) fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     if !crate::is_root() {
         bail!(

@@ -22,6 +22,7 @@ mod tests {
     struct Daemon {
         child: Child,
         url: String,
+        key: String,
         state: tempfile::TempDir,
     }
 
@@ -61,8 +62,18 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
+        // Settings from a file, under the flags: its listen address is overridden by --listen,
+        // its API key is used.
+        let config = state.path().join("firkin.toml");
+        std::fs::write(
+            &config,
+            "listen = \"127.0.0.1:1\"\napi-key = \"key-from-the-file\"\n",
+        )
+        .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_firkin"))
             .arg("serve")
+            .arg("--config")
+            .arg(&config)
             .arg("--state-dir")
             .arg(state.path())
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -73,13 +84,29 @@ mod tests {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let url = stdout
+        let mut lines = BufReader::new(child.stdout.take().unwrap())
             .lines()
-            .map_while(Result::ok)
-            .find_map(|line| line.strip_prefix("export E2B_API_URL=").map(str::to_owned))
-            .expect("the daemon printed no E2B_API_URL");
-        Some(Daemon { child, url, state })
+            .map_while(Result::ok);
+        let mut exported = |name: &str| {
+            let prefix = format!("export {name}=");
+            lines
+                .find_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
+                .unwrap_or_else(|| panic!("the daemon printed no {name}"))
+        };
+        let url = exported("E2B_API_URL");
+        let key = exported("E2B_API_KEY");
+        assert_eq!(
+            url,
+            format!("http://127.0.0.1:{port}"),
+            "the flag must win over the file"
+        );
+        assert_eq!(key, "key-from-the-file");
+        Some(Daemon {
+            child,
+            url,
+            key,
+            state,
+        })
     }
 
     fn firkin(daemon: &Daemon, args: &[&str]) -> Output {
@@ -88,7 +115,7 @@ mod tests {
             .args(args)
             .env("FIRKIN_URL", &daemon.url)
             .env("FIRKIN_STATE_DIR", daemon.state.path())
-            .env_remove("FIRKIN_API_KEY")
+            .env("FIRKIN_API_KEY", &daemon.key)
             .output()
             .unwrap()
     }

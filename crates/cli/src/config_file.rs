@@ -1,0 +1,87 @@
+//! `firkin.toml`: the lowest layer of the daemon's settings. A key set here is used unless the
+//! same setting comes from a `FIRKIN_*` environment variable or a flag (file < environment <
+//! flag). Keys are the flags' names: `listen`, `state-dir`, `api-key`, `domain`, `envd-bin`,
+//! `tls-listen`. An unknown key is an error, so a typo never goes unnoticed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+
+/// What a `firkin.toml` may set.
+#[derive(Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct FileConfig {
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) state_dir: Option<PathBuf>,
+    pub(crate) api_key: Option<String>,
+    pub(crate) domain: Option<String>,
+    pub(crate) envd_bin: Option<PathBuf>,
+    pub(crate) tls_listen: Option<SocketAddr>,
+}
+
+/// `/etc/firkin/firkin.toml` for root, else `$XDG_CONFIG_HOME/firkin/firkin.toml` (or
+/// `~/.config/firkin/firkin.toml`).
+pub(crate) fn default_path() -> PathBuf {
+    if crate::is_root() {
+        return PathBuf::from("/etc/firkin/firkin.toml");
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map_or_else(|| PathBuf::from("."), PathBuf::from)
+                .join(".config")
+        });
+    base.join("firkin/firkin.toml")
+}
+
+/// The file at `explicit` (which must exist), or the one at [`default_path`] if there is one.
+pub(crate) fn load(explicit: Option<&Path>) -> anyhow::Result<FileConfig> {
+    let path = explicit.map_or_else(default_path, Path::to_owned);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
+            return Ok(FileConfig::default());
+        }
+        Err(error) => return Err(error).with_context(|| format!("read {}", path.display())),
+    };
+    parse(&text).with_context(|| format!("in {}", path.display()))
+}
+
+fn parse(text: &str) -> anyhow::Result<FileConfig> {
+    Ok(toml::from_str(text)?)
+}
+
+/// Whether the argument `id` was left to its default (neither a flag nor its variable set
+/// it), so that the file's value applies.
+pub(crate) fn unset(matches: &ArgMatches, id: &str) -> bool {
+    !matches!(
+        matches.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_takes_the_flags_names_and_refuses_unknown_keys() {
+        let file = parse(
+            "listen = \"0.0.0.0:49980\"\nstate-dir = \"/srv/firkin\"\ndomain = \"sbx.localhost\"\n",
+        )
+        .unwrap();
+        assert_eq!(file.listen, Some("0.0.0.0:49980".parse().unwrap()));
+        assert_eq!(file.state_dir, Some(PathBuf::from("/srv/firkin")));
+        assert_eq!(file.domain.as_deref(), Some("sbx.localhost"));
+        assert_eq!(file.api_key, None);
+        let error = parse("listne = \"0.0.0.0:1\"\n").unwrap_err();
+        assert!(format!("{error:#}").contains("listne"), "{error:#}");
+        assert!(parse("listen = \"not an address\"\n").is_err());
+        assert!(load(Some(Path::new("/nonexistent/firkin.toml"))).is_err());
+    }
+}
