@@ -174,11 +174,10 @@ async fn create(State(state): Shared, body: Body) -> ApiResult<Response> {
     if body.auto_pause == Some(true) {
         request = request.with_on_timeout(TimeoutAction::Pause);
     }
-    let started = std::time::Instant::now();
     let created = state.backend.create(request).await;
-    state
-        .metrics
-        .record_create(started.elapsed(), created.is_ok());
+    if created.is_err() {
+        state.metrics.record_create_failure();
+    }
     let session = created?;
     let sandbox = Sandbox::of(&session, &state.config.envd_version, domain(&state));
     Ok((StatusCode::CREATED, axum::Json(sandbox)).into_response())

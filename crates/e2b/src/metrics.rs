@@ -1,53 +1,44 @@
 //! The daemon's own Prometheus metrics (`GET /metrics`, text exposition format 0.0.4):
-//! sandboxes by state, create latency as a histogram, proxy traffic.
+//! sandboxes by state, create latency as histograms (in all and per phase), proxy traffic.
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use firkin_single_node::{ListQuery, SandboxState};
+use firkin_single_node::{ListQuery, PHASE_BUCKETS, PhaseHistogram, SandboxState};
 
 use crate::AppState;
-
-/// Upper bounds of the create-latency buckets, seconds.
-const CREATE_BUCKETS: [f64; 12] = [
-    0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
-];
 
 /// Counters the request handlers update.
 #[derive(Debug, Default)]
 pub struct DaemonMetrics {
-    creates: Mutex<Histogram>,
-}
-
-#[derive(Debug, Default)]
-struct Histogram {
-    buckets: [u64; CREATE_BUCKETS.len()],
-    count: u64,
-    sum_seconds: f64,
-    failures: u64,
+    create_failures: AtomicU64,
 }
 
 impl DaemonMetrics {
-    /// One create took `elapsed` (successful or not).
-    pub fn record_create(&self, elapsed: Duration, succeeded: bool) {
-        let mut histogram = self
-            .creates
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let seconds = elapsed.as_secs_f64();
-        if succeeded {
-            for (bucket, bound) in histogram.buckets.iter_mut().zip(CREATE_BUCKETS) {
-                if seconds <= bound {
-                    *bucket += 1;
-                }
-            }
-            histogram.count += 1;
-            histogram.sum_seconds += seconds;
-        } else {
-            histogram.failures += 1;
-        }
+    /// One create failed (successful ones are timed by the backend, phase by phase).
+    pub fn record_create_failure(&self) {
+        self.create_failures.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// One histogram in the exposition format, `labels` inside the braces (may be empty).
+fn write_histogram(out: &mut String, name: &str, labels: &str, histogram: &PhaseHistogram) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (bound, n) in PHASE_BUCKETS.iter().zip(histogram.buckets) {
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+        histogram.count
+    );
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {}", histogram.sum_seconds);
+    let _ = writeln!(out, "{name}_count{braces} {}", histogram.count);
 }
 
 /// The exposition of `state`'s metrics.
@@ -78,37 +69,31 @@ pub fn render(state: &AppState) -> String {
             sandbox_state.as_str()
         );
     }
-    let histogram = state
-        .metrics
-        .creates
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let phases = state.backend.create_phases();
     let _ = writeln!(
         out,
         "# HELP firkin_sandbox_create_seconds Time from the create request to envd answering in the new sandbox."
     );
     let _ = writeln!(out, "# TYPE firkin_sandbox_create_seconds histogram");
-    for (bound, n) in CREATE_BUCKETS.iter().zip(histogram.buckets) {
-        let _ = writeln!(
-            out,
-            "firkin_sandbox_create_seconds_bucket{{le=\"{bound}\"}} {n}"
+    write_histogram(
+        &mut out,
+        "firkin_sandbox_create_seconds",
+        "",
+        &phases.get("total").cloned().unwrap_or_default(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP firkin_sandbox_create_phase_seconds Each phase of a create: the backend's admission and persist, the driver's own steps."
+    );
+    let _ = writeln!(out, "# TYPE firkin_sandbox_create_phase_seconds histogram");
+    for (phase, histogram) in phases.iter().filter(|(phase, _)| *phase != "total") {
+        write_histogram(
+            &mut out,
+            "firkin_sandbox_create_phase_seconds",
+            &format!("phase=\"{phase}\""),
+            histogram,
         );
     }
-    let _ = writeln!(
-        out,
-        "firkin_sandbox_create_seconds_bucket{{le=\"+Inf\"}} {}",
-        histogram.count
-    );
-    let _ = writeln!(
-        out,
-        "firkin_sandbox_create_seconds_sum {}",
-        histogram.sum_seconds
-    );
-    let _ = writeln!(
-        out,
-        "firkin_sandbox_create_seconds_count {}",
-        histogram.count
-    );
     let _ = writeln!(
         out,
         "# HELP firkin_sandbox_create_failures_total Creates that failed."
@@ -117,9 +102,8 @@ pub fn render(state: &AppState) -> String {
     let _ = writeln!(
         out,
         "firkin_sandbox_create_failures_total {}",
-        histogram.failures
+        state.metrics.create_failures.load(Ordering::Relaxed)
     );
-    drop(histogram);
     let proxy = state.proxy.stats();
     let _ = writeln!(
         out,
@@ -150,16 +134,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn creates_fall_into_every_bucket_at_or_above_their_time() {
-        let metrics = DaemonMetrics::default();
-        metrics.record_create(Duration::from_millis(3), true);
-        metrics.record_create(Duration::from_millis(30), true);
-        metrics.record_create(Duration::from_secs(1), false);
-        let histogram = metrics.creates.lock().unwrap();
-        assert_eq!(histogram.buckets[0], 0); // 2 ms
-        assert_eq!(histogram.buckets[1], 1); // 5 ms
-        assert_eq!(histogram.buckets[4], 2); // 50 ms
-        assert_eq!(histogram.count, 2);
-        assert_eq!(histogram.failures, 1);
+    fn a_histogram_is_written_cumulatively_with_its_labels() {
+        let mut histogram = PhaseHistogram::default();
+        histogram.buckets[3] = 1;
+        histogram.buckets[4] = 2;
+        histogram.count = 2;
+        histogram.sum_seconds = 0.012;
+        let mut out = String::new();
+        write_histogram(&mut out, "x_seconds", "phase=\"launch\"", &histogram);
+        assert!(
+            out.contains("x_seconds_bucket{phase=\"launch\",le=\"0.005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{phase=\"launch\",le=\"+Inf\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_count{phase=\"launch\"} 2\n"),
+            "{out}"
+        );
+        let mut plain = String::new();
+        write_histogram(&mut plain, "y_seconds", "", &histogram);
+        assert!(
+            plain.contains("y_seconds_bucket{le=\"+Inf\"} 2\n"),
+            "{plain}"
+        );
+        assert!(plain.contains("y_seconds_sum 0.012\n"), "{plain}");
     }
 }

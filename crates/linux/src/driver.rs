@@ -442,7 +442,14 @@ impl RuntimeDriver for NamespaceDriver {
                 request.template_id()
             )));
         }
+        let mut phases = Vec::new();
+        let mut step = Instant::now();
+        let mut lap = |name: &'static str, phases: &mut Vec<(&'static str, Duration)>| {
+            phases.push((name, step.elapsed()));
+            step = Instant::now();
+        };
         let dir = self.prepare_dirs(&id).map_err(launch_failed)?;
+        lap("dirs", &mut phases);
         let resources = request.resources();
         let limits = CgroupLimits {
             cpu_millis: Some(u64::from(resources.vcpus) * 1000),
@@ -456,6 +463,7 @@ impl RuntimeDriver for NamespaceDriver {
                 return Err(launch_failed(error));
             }
         };
+        lap("cgroup", &mut phases);
         let slot = match self.slots.take(request.allow_internet_access()).await {
             Ok(slot) => slot,
             Err(error) => {
@@ -496,8 +504,11 @@ impl RuntimeDriver for NamespaceDriver {
         let address = SocketAddr::new(slot.sandbox_ip.into(), ENVD_PORT);
         let timeout = self.config.ready_timeout;
         let envs = request.env().clone();
+        lap("slot", &mut phases);
         let started = tokio::task::spawn_blocking(move || {
+            let began = Instant::now();
             let launched = launch(&helper, &spec, ids, &procs).map_err(launch_failed)?;
+            let launch_time = began.elapsed();
             if !wait_for_envd(address, timeout) {
                 return Err(launch_failed(format!("envd did not answer within {timeout:?}")));
             }
@@ -511,11 +522,12 @@ impl RuntimeDriver for NamespaceDriver {
                     return Err(launch_failed("envd refused the sandbox's environment"));
                 }
             }
-            Ok((launched, token))
+            let ready = began.elapsed().saturating_sub(launch_time);
+            Ok((launched, token, launch_time, ready))
         })
         .await
         .map_err(launch_failed)?;
-        let (launched, token) = match started {
+        let (launched, token, launch_time, ready) = match started {
             Ok(started) => started,
             Err(error) => {
                 let _ = cgroup.remove();
@@ -543,6 +555,13 @@ impl RuntimeDriver for NamespaceDriver {
             traffic_access_token: None,
             envd_version: None,
             runtime_handle: Some(runtime_handle),
+            phases: {
+                // launch: the helper until PID 1 exists; envd_ready: until envd answers (and
+                // took the sandbox's environment).
+                phases.push(("launch", launch_time));
+                phases.push(("envd_ready", ready));
+                phases
+            },
         })
     }
 

@@ -35,6 +35,7 @@ mod driver;
 mod error;
 mod id;
 mod model;
+mod phases;
 mod ports;
 mod reaper;
 mod state;
@@ -55,6 +56,7 @@ pub use model::{
     RuntimeHandle, RuntimeMetrics, RuntimeSnapshotRef, SandboxResources, SandboxSession,
     SandboxState, SingleNodeCreateRequest, SnapshotRecord, TemplateMetadata, TimeoutAction,
 };
+pub use phases::{PHASE_BUCKETS, PhaseHistogram, PhaseTimings};
 pub use ports::PortRegistry;
 pub use reaper::{Reaped, ReaperHandle};
 pub use state::{

@@ -358,6 +358,8 @@ pub struct RuntimeCreatedSandbox {
     pub envd_version: Option<String>,
     /// Handles for re-adoption after a restart.
     pub runtime_handle: Option<RuntimeHandle>,
+    /// How long the driver's own steps took (name, duration), for the create timings.
+    pub phases: Vec<(&'static str, std::time::Duration)>,
 }
 
 /// A sandbox as the backend reports it: a read-only view of its record.

@@ -184,6 +184,7 @@ impl FakeDriver {
             traffic_access_token: None,
             envd_version: Some("0.0.0-fake".to_owned()),
             runtime_handle: Some(RuntimeHandle(format!("fake:{id}"))),
+            phases: Vec::new(),
         })
     }
 

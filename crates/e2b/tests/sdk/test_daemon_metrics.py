@@ -33,6 +33,10 @@ def test_metrics_follow_creates_proxy_traffic_and_pauses(sandbox):
         if k.startswith("firkin_sandbox_create_seconds_bucket") and "+Inf" not in k
     )
     assert [v for _, v in buckets] == sorted(v for _, v in buckets), "buckets are not cumulative"
+    # Every phase of a create has its histogram, with as many creates as the total.
+    count = after["firkin_sandbox_create_seconds_count"]
+    for phase in ("admission", "dirs", "cgroup", "slot", "launch", "envd_ready", "persist"):
+        assert after[f'firkin_sandbox_create_phase_seconds_count{{phase="{phase}"}}'] == count, phase
     assert after["firkin_proxy_requests_total"] >= before["firkin_proxy_requests_total"] + 2
     to_sandbox = 'firkin_proxy_bytes_total{direction="to_sandbox"}'
     assert after[to_sandbox] - before[to_sandbox] >= 50_000

@@ -42,6 +42,7 @@ impl SingleNodeBackend {
             Origin::Snapshot(_) => "sandbox restore",
         };
         let id = request.sandbox_id().as_str().to_owned();
+        let started = std::time::Instant::now();
         if request.template_id().is_empty() {
             return Err(Error::InvalidRequest(
                 "a template id is required".to_owned(),
@@ -80,6 +81,7 @@ impl SingleNodeBackend {
             self.shared.scheduler.release(&id);
             return Err(error);
         }
+        let admitted = started.elapsed();
 
         let ports = &self.shared.ports;
         let created = match origin {
@@ -95,8 +97,19 @@ impl SingleNodeBackend {
                 return Err(error);
             }
         };
+        let driven = started.elapsed();
         match self.record_running(&id, &request, &created) {
             Ok(record) => {
+                let total = started.elapsed();
+                self.shared.create_phases.record(
+                    [
+                        ("admission", admitted),
+                        ("persist", total.saturating_sub(driven)),
+                        ("total", total),
+                    ]
+                    .into_iter()
+                    .chain(created.phases.iter().copied()),
+                );
                 let from = match origin {
                     Origin::Template => format!("template {}", request.template_id()),
                     Origin::Snapshot(snapshot) => format!("snapshot {}", snapshot.snapshot_id),

@@ -27,6 +27,7 @@ use crate::disk_guard::DiskPressureGuard;
 use crate::driver::RuntimeDriver;
 use crate::error::{Error, Result};
 use crate::model::{LogEvent, LogLevel};
+use crate::phases::{PhaseHistogram, PhaseTimings};
 use crate::ports::PortRegistry;
 use crate::state::{LogStore, StateStore};
 
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) deadlines_changed: Notify,
     /// What the startup reconciliation did.
     reconciliation: Mutex<Reconciliation>,
+    /// Per-phase timings of successful creates.
+    pub(crate) create_phases: PhaseTimings,
 }
 
 /// Builds a [`SingleNodeBackend`]; every part not given comes from the configuration.
@@ -125,6 +128,7 @@ impl SingleNodeBackendBuilder {
                 sandbox_locks: Mutex::new(HashMap::new()),
                 deadlines_changed: Notify::new(),
                 reconciliation: Mutex::new(Reconciliation::default()),
+                create_phases: PhaseTimings::default(),
             }),
         };
         let report = backend.reconcile_on_start().await?;
@@ -201,6 +205,13 @@ impl SingleNodeBackend {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Per-phase timings of the successful creates so far, by phase: the backend's
+    /// `admission` and `persist`, the driver's own phases, and `total`.
+    #[must_use]
+    pub fn create_phases(&self) -> std::collections::BTreeMap<String, PhaseHistogram> {
+        self.shared.create_phases.snapshot()
     }
 
     /// The daemon is stopping: the driver releases its pools; sandboxes keep running.
