@@ -176,9 +176,18 @@ async fn serve(
     let plain = tokio::spawn(firkin_e2b::serve(listener, state, until_stopped()));
     shutdown_signal().await;
     let _ = stop.send(true);
-    plain.await.context("serve")?.context("serve")?;
-    if let Some(task) = tls_task {
-        task.await.context("serve TLS")?.context("serve TLS")?;
+    // Requests in flight get a moment to finish; a long command stream does not hold the
+    // daemon (the sandbox and its process live on).
+    let drain = async {
+        plain.await.context("serve")?.context("serve")?;
+        if let Some(task) = tls_task {
+            task.await.context("serve TLS")?.context("serve TLS")?;
+        }
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), drain).await {
+        Ok(result) => result?,
+        Err(_) => eprintln!("firkin serve: connections still open after 10 s; closing them"),
     }
     backend
         .shutdown()
