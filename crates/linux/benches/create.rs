@@ -37,8 +37,8 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use firkin_linux::cgroup::{CgroupLayout, SandboxCgroup};
 use firkin_linux::driver::{NamespaceConfig, NamespaceDriver};
+use firkin_linux::envd_probe::{READY_POLL, wait_until_healthy};
 use firkin_single_node::{PortRegistry, RuntimeDriver, SandboxResources, SingleNodeCreateRequest};
 use futures::FutureExt;
 
@@ -469,7 +470,7 @@ fn phases(
         "dirs",
         "cgroup create",
         "launch (helper -> PID 1 reported)",
-        "envd answering, 2 ms poll (driver's)",
+        "envd answering, 0.2 ms poll (driver's)",
         "envd answering, 0.1 ms poll",
         "create, sum of the steps",
         "cgroup kill (v1: freeze, SIGKILL, thaw)",
@@ -575,13 +576,13 @@ fn phases(
         firkin_linux::sandbox::spawn::launch(&settings.helper, &spec, ids, &cgroup.procs_paths())?;
         let launched = started.elapsed();
         let poll = if k.is_multiple_of(2) {
-            Duration::from_millis(2)
+            READY_POLL
         } else {
             Duration::from_micros(100)
         };
         let started = Instant::now();
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, 49983));
-        if !wait_for_envd_every(address, Duration::from_secs(10), poll) {
+        if !wait_until_healthy(address, Duration::from_secs(10), poll) {
             return Err(format!("envd of {name} did not answer within 10 s").into());
         }
         let answered = started.elapsed();
@@ -604,7 +605,7 @@ fn phases(
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let up = wait_for_envd_every(
+        let up = wait_until_healthy(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 49984)),
             Duration::from_secs(10),
             Duration::from_micros(100),
@@ -927,9 +928,10 @@ impl Runc {
         lock(&live.runc).push(id.clone());
         let started = Instant::now();
         self.call(&["run", "-d", "--bundle", bundle, &id])?;
-        if !wait_for_envd(
+        if !wait_until_healthy(
             SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             Duration::from_secs(10),
+            READY_POLL,
         ) {
             return Err(format!("envd in runc container {id} did not answer within 10 s").into());
         }
@@ -961,42 +963,6 @@ impl Runc {
             .map(str::to_owned)
             .collect())
     }
-}
-
-/// One HTTP/1.1 request; the status code. (The driver's own probe, repeated here so the
-/// baseline is polled exactly as a sandbox is.)
-fn envd_request(address: SocketAddr, request: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    String::from_utf8_lossy(&response)
-        .split(' ')
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// `GET /health` every 2 ms until 204, as the driver waits for a sandbox's envd.
-fn wait_for_envd(address: SocketAddr, timeout: Duration) -> bool {
-    wait_for_envd_every(address, timeout, Duration::from_millis(2))
-}
-
-/// `GET /health` every `poll` until 204.
-fn wait_for_envd_every(address: SocketAddr, timeout: Duration, poll: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if envd_request(
-            address,
-            "GET /health HTTP/1.1\r\nHost: envd\r\nConnection: close\r\n\r\n",
-        ) == Some(204)
-        {
-            return true;
-        }
-        std::thread::sleep(poll);
-    }
-    false
 }
 
 /// The bench's own cgroup: `<own>/firkin-bench-<pid>` in each hierarchy the driver uses. The

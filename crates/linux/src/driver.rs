@@ -19,8 +19,7 @@
 //! Not yet: snapshots.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -32,6 +31,7 @@ use firkin_single_node::{
 };
 
 use crate::cgroup::{CgroupHandle, CgroupLayout, CgroupLimits, SandboxCgroup};
+use crate::envd_probe;
 use crate::idmap::{self, IdmappedMount};
 use crate::net::{NetConfig, Slot, SlotPool};
 use crate::rootfs::{BaseTemplate, HostFacts, MountSpec, mounts_for};
@@ -389,37 +389,6 @@ fn start_time(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// One HTTP/1.1 request to envd; returns the status line's code.
-fn envd_request(address: SocketAddr, request: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    String::from_utf8_lossy(&response)
-        .split(' ')
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn wait_for_envd(address: SocketAddr, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if envd_request(
-            address,
-            "GET /health HTTP/1.1\r\nHost: envd\r\nConnection: close\r\n\r\n",
-        ) == Some(204)
-        {
-            return true;
-        }
-        // A refused connect costs microseconds; a coarse poll would add its interval to
-        // every create (2 ms cost 1.6 ms at the median).
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    false
-}
-
 fn random_token() -> String {
     firkin_single_node::SandboxId::generate().to_string()
 }
@@ -509,7 +478,7 @@ impl RuntimeDriver for NamespaceDriver {
             let began = Instant::now();
             let launched = launch(&helper, &spec, ids, &procs).map_err(launch_failed)?;
             let launch_time = began.elapsed();
-            if !wait_for_envd(address, timeout) {
+            if !envd_probe::wait_until_healthy(address, timeout, envd_probe::READY_POLL) {
                 return Err(launch_failed(format!("envd did not answer within {timeout:?}")));
             }
             if !envs.is_empty() {
@@ -518,7 +487,7 @@ impl RuntimeDriver for NamespaceDriver {
                     "POST /init HTTP/1.1\r\nHost: envd\r\nX-Access-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
-                if envd_request(address, &request) != Some(204) {
+                if envd_probe::request(address, &request) != Some(204) {
                     return Err(launch_failed("envd refused the sandbox's environment"));
                 }
             }

@@ -8,6 +8,7 @@
 pub mod cgroup;
 pub mod doctor;
 pub mod driver;
+pub mod envd_probe;
 pub mod idmap;
 pub mod net;
 pub mod rootfs;
