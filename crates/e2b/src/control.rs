@@ -140,13 +140,12 @@ fn disk_size_mb(state: &AppState) -> u64 {
         .map_or(0, |space| space.available_bytes >> 20)
 }
 
-fn detail_of(state: &AppState, session: &firkin_single_node::SandboxSession) -> SandboxDetail {
-    SandboxDetail::of(
-        session,
-        &state.config.envd_version,
-        disk_size_mb(state),
-        domain(state),
-    )
+/// Turns sessions into their E2B detail; the disk is measured once per request, not once
+/// per listed sandbox.
+fn details(state: &AppState) -> impl Fn(&firkin_single_node::SandboxSession) -> SandboxDetail {
+    let disk_mb = disk_size_mb(state);
+    let domain = domain(state);
+    move |session| SandboxDetail::of(session, &state.config.envd_version, disk_mb, domain.clone())
 }
 
 /// Not-found errors of the backend as E2B words them.
@@ -185,7 +184,7 @@ async fn create(State(state): Shared, body: Body) -> ApiResult<Response> {
 
 async fn detail(State(state): Shared, Path(id): Path<String>) -> ApiResult<Response> {
     let session = state.backend.get(&id).map_err(for_sandbox(&id))?;
-    Ok(axum::Json(detail_of(&state, &session)).into_response())
+    Ok(axum::Json(details(&state)(&session)).into_response())
 }
 
 async fn kill(State(state): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
@@ -369,11 +368,7 @@ fn list_query(query: Option<&str>) -> ApiResult<ListQuery> {
 async fn list_v2(State(state): Shared, RawQuery(query): RawQuery) -> ApiResult<Response> {
     let query = list_query(query.as_deref())?;
     let page = state.backend.list(&query)?;
-    let items: Vec<SandboxDetail> = page
-        .sandboxes
-        .iter()
-        .map(|session| detail_of(&state, session))
-        .collect();
+    let items: Vec<SandboxDetail> = page.sandboxes.iter().map(details(&state)).collect();
     let mut headers = HeaderMap::new();
     if let Some(token) = page.next_token {
         let value = HeaderValue::from_str(&token)
@@ -397,10 +392,11 @@ async fn list_v1(State(state): Shared, RawQuery(query): RawQuery) -> ApiResult<R
             }
         }
     }
+    let detail = details(&state);
     let mut items = Vec::new();
     loop {
         let page = state.backend.list(&list)?;
-        items.extend(page.sandboxes.iter().map(|s| detail_of(&state, s)));
+        items.extend(page.sandboxes.iter().map(&detail));
         match page.next_token {
             Some(token) => list.next_token = Some(token),
             None => break,
