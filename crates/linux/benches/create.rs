@@ -29,9 +29,9 @@
 //! Isolation from other firkin users of the host: the bench moves itself into a cgroup of its
 //! own (`<own cgroup>/firkin-bench-<pid>` in each hierarchy the driver uses), so the
 //! driver's start-up reclaim of leftover sandbox cgroups sees only this bench's, and it uses
-//! the slot range `10.203.0.0/16` and a temporary state directory. Slots are host-wide,
-//! though (every pool reclaims every `fkh*` veth), so it waits while another pool's slots are
-//! present (`FIRKIN_BENCH_FORCE=1` goes ahead and reclaims them). Everything it made is
+//! the slot range `10.203.0.0/16` and a temporary state directory, whose namespace directory
+//! makes its slot pool an instance of its own (other pools on the host keep their slots; a
+//! pool already using `10.203.0.0/16` makes the bench fail at start). Everything it made is
 //! deleted at the end, on errors too, and checked: sandboxes, cgroups, slots, mounts and runc
 //! containers. Results: `docs/BENCHMARKS.md`.
 
@@ -77,7 +77,6 @@ fn main() -> BenchResult {
     }
     let envd = envd_binary()?;
     let helper = PathBuf::from(env!("CARGO_BIN_EXE_firkin-sandbox-init"));
-    wait_for_foreign_slots()?;
     let cgroup = BenchCgroup::enter()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -745,13 +744,6 @@ async fn clean_up(
         problems.push(format!("sandbox cgroups left: {cgroups:?}"));
     }
     layout.prune_firkin_dirs()?;
-    // The pool makes its namespace directory a shared bind mount of itself and never
-    // unmounts it (nor does `reclaim_leftovers`): undone here, so the state directory goes.
-    let netns_dir = config.net.netns_dir.display().to_string();
-    if mounts_under(&netns_dir)?.contains(&netns_dir) {
-        println!("note: the driver left the mount of {netns_dir} behind; unmounted by the bench");
-        let _ = rustix::mount::unmount(&config.net.netns_dir, rustix::mount::UnmountFlags::DETACH);
-    }
     let state = config.state_dir.display().to_string();
     let mounts = mounts_under(&state)?;
     if !mounts.is_empty() {
@@ -1065,46 +1057,6 @@ fn remove_stale_bench_cgroups(own: &Path) {
                 dir.display()
             );
         }
-    }
-}
-
-/// Another firkin slot pool's veths (any `fkh*`): starting a pool would reclaim them, so
-/// wait (up to 2 min) until they are gone, unless `FIRKIN_BENCH_FORCE` is set.
-fn wait_for_foreign_slots() -> BenchResult {
-    let links = || -> BenchResult<Vec<String>> {
-        Ok(std::fs::read_dir("/sys/class/net")?
-            .flatten()
-            .filter_map(|entry| entry.file_name().into_string().ok())
-            .filter(|name| firkin_linux::net::addr::parse_host_if(name).is_some())
-            .collect())
-    };
-    if std::env::var_os("FIRKIN_BENCH_FORCE").is_some() {
-        return Ok(());
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut told = false;
-    loop {
-        let found = links()?;
-        if found.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "another firkin slot pool is live on this host ({} fkh* veths, e.g. {}): its \
-                 slots would be reclaimed; stop it, or set FIRKIN_BENCH_FORCE=1 to reclaim them",
-                found.len(),
-                found[0]
-            )
-            .into());
-        }
-        if !told {
-            eprintln!(
-                "waiting for another firkin slot pool to go ({} fkh* veths)",
-                found.len()
-            );
-            told = true;
-        }
-        std::thread::sleep(Duration::from_secs(1));
     }
 }
 

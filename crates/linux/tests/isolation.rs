@@ -46,7 +46,7 @@ mod tests {
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         out.lines()
-            .filter(|line| !line.contains(" lo ") && !line.contains("fkh"))
+            .filter(|line| !line.contains(" lo ") && !line.contains(": fk"))
             .filter_map(|line| {
                 line.split_whitespace()
                     .nth(3)?

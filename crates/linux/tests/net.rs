@@ -4,9 +4,11 @@
 //! made: loopback, slot veth addresses, and one connection attempt to 169.254.169.254 that
 //! is made only after checking that the ruleset rejects it in the host's forward hook.
 //!
-//! The tests share the host's slot range, namespace directory and nftables table, so they
+//! Most tests share one pool instance (the default namespace directory and range), so they
 //! run one at a time (a process-wide lock), and each ends with a leak check. A guard
-//! reclaims everything firkin-named and restores `ip_forward` even when a test fails.
+//! reclaims everything of its instance and restores `ip_forward` even when a test fails.
+//! Other firkin pools on the host (other test binaries, daemons) have instances of their
+//! own and are left alone.
 
 #[cfg(test)]
 mod tests {
@@ -18,7 +20,9 @@ mod tests {
     use std::process::Command;
     use std::time::{Duration, Instant};
 
-    use firkin_linux::net::{NetConfig, Slot, SlotPool, find_leftovers, reclaim_leftovers};
+    use firkin_linux::net::{
+        NetConfig, NetError, Slot, SlotPool, find_leftovers, nft::table_name, reclaim_leftovers,
+    };
     use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -45,7 +49,7 @@ mod tests {
         ok
     }
 
-    /// Reclaims every firkin-named network object and restores `ip_forward` when dropped, so a
+    /// Reclaims every network object of a pool instance and restores `ip_forward` when dropped, so a
     /// failing test leaves nothing behind.
     struct Cleanup {
         config: NetConfig,
@@ -85,17 +89,51 @@ mod tests {
         }
     }
 
-    /// No `fkh*` links, no slot namespace files or mounts, no per-slot nftables rules, checked
-    /// both through the library and independently of it.
+    /// The host-side veths of `config`'s instance, read from `/sys/class/net` by name.
+    fn own_links(config: &NetConfig) -> Vec<String> {
+        let prefix = config.instance_tag().host_if_prefix();
+        let mut links: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        links.sort();
+        links
+    }
+
+    /// The `inet` tables of the host.
+    fn tables() -> Vec<String> {
+        nft(&["list", "tables", "inet"])
+            .lines()
+            .filter_map(|l| l.strip_prefix("table inet "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Whether `dir` is a mount point, per `/proc/self/mountinfo`.
+    fn is_mount_point(dir: &Path) -> bool {
+        let Ok(dir) = dir.canonicalize() else {
+            return false;
+        };
+        let dir = dir.to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(dir.as_str()))
+    }
+
+    /// Nothing of `config`'s instance but the slots `still_owned`: no other veths, slot
+    /// namespace files or mounts; with nothing owned, no table and no mount of the namespace
+    /// directory either, else a table without per-slot rules. Checked both through the
+    /// library and independently of it.
     fn leak_check(config: &NetConfig, still_owned: &[Slot]) {
         let left = find_leftovers(config, still_owned).expect("list leftovers");
         assert!(left.is_empty(), "LEAK: {left:?}");
         let owned_ifs: Vec<&str> = still_owned.iter().map(|s| s.host_if.as_str()).collect();
-        let links: Vec<String> = std::fs::read_dir("/sys/class/net")
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("fkh") && !owned_ifs.contains(&n.as_str()))
+        let links: Vec<String> = own_links(config)
+            .into_iter()
+            .filter(|n| !owned_ifs.contains(&n.as_str()))
             .collect();
         assert!(links.is_empty(), "LEAK: links {links:?}");
         let owned_paths: Vec<&PathBuf> = still_owned.iter().map(|s| &s.netns_path).collect();
@@ -105,9 +143,10 @@ mod tests {
         let stray: Vec<&PathBuf> = files.iter().filter(|p| !owned_paths.contains(p)).collect();
         assert!(stray.is_empty(), "LEAK: netns files {stray:?}");
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let dir = config.netns_dir.to_string_lossy().into_owned();
         let mounts: Vec<&str> = mountinfo
             .lines()
-            .filter(|l| l.contains("/netns/slot-"))
+            .filter(|l| l.contains(&format!("{dir}/slot-")))
             .filter(|l| {
                 !owned_paths
                     .iter()
@@ -115,13 +154,23 @@ mod tests {
             })
             .collect();
         assert!(mounts.is_empty(), "LEAK: mounts {mounts:?}");
-        // The table's rules only name the `fkh*` wildcard, never one slot.
-        let table = nft(&["list", "table", "inet", "firkin"]);
-        for word in table.split(|c: char| !c.is_ascii_alphanumeric()) {
-            let per_slot = word.starts_with("fkh") && word.len() > 3;
+        let table = table_name(config.instance_tag());
+        if still_owned.is_empty() {
+            assert!(!tables().contains(&table), "LEAK: table {table}");
+            assert!(
+                !is_mount_point(&config.netns_dir),
+                "LEAK: the mount of {dir}"
+            );
+            return;
+        }
+        // The table's rules only name the instance's wildcard, never one slot.
+        let prefix = config.instance_tag().host_if_prefix();
+        let listing = nft(&["list", "table", "inet", &table]);
+        for word in listing.split(|c: char| !c.is_ascii_alphanumeric()) {
+            let per_slot = word.starts_with(&prefix) && word.len() > prefix.len();
             assert!(
                 !per_slot,
-                "LEAK: per-slot nft rule naming {word} in\n{table}"
+                "LEAK: per-slot nft rule naming {word} in\n{listing}"
             );
         }
     }
@@ -136,9 +185,9 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// The packet counter of the rule in `chain` whose text contains `comment`.
-    fn counter(chain: &str, comment: &str) -> u64 {
-        let listing = nft(&["list", "chain", "inet", "firkin", chain]);
+    /// The packet counter of the rule in `chain` of `table` whose text contains `comment`.
+    fn counter(table: &str, chain: &str, comment: &str) -> u64 {
+        let listing = nft(&["list", "chain", "inet", table, chain]);
         let rule = listing
             .lines()
             .find(|l| l.contains(comment))
@@ -215,6 +264,8 @@ mod tests {
         let _serial = SERIAL.lock().await;
         let config = test_config(1);
         let _cleanup = Cleanup::new(&config);
+        let table = table_name(config.instance_tag());
+        let counter = |chain: &str, comment: &str| counter(&table, chain, comment);
         let pool = SlotPool::start(config.clone(), &[])
             .await
             .expect("start pool");
@@ -272,16 +323,17 @@ mod tests {
 
         // Link-local / metadata: check the rule first, then that an attempt fails fast (the
         // reject happens in the host's forward hook: nothing leaves the machine).
-        let ruleset = nft(&["list", "chain", "inet", "firkin", "forward"]);
+        let ruleset = nft(&["list", "chain", "inet", &table, "forward"]);
         let rule = ruleset
             .lines()
             .find(|l| l.contains("ip daddr 169.254.0.0/16"))
             .unwrap_or_else(|| panic!("no link-local rule in\n{ruleset}"));
+        let own = format!("iifname \"{}*\"", config.instance_tag().host_if_prefix());
         assert!(
-            rule.contains("iifname \"fkh*\"") && rule.contains("goto refuse"),
+            rule.contains(&own) && rule.contains("goto refuse"),
             "{rule}"
         );
-        let refuse = nft(&["list", "chain", "inet", "firkin", "refuse"]);
+        let refuse = nft(&["list", "chain", "inet", &table, "refuse"]);
         assert!(refuse.contains("reject"), "{refuse}");
         let before = counter("forward", "link-local and metadata");
         let metadata = SocketAddr::from((Ipv4Addr::new(169, 254, 169, 254), 80));
@@ -496,5 +548,176 @@ mod tests {
             .expect("a second release is a no-op");
         pool.shutdown().await.unwrap();
         leak_check(&config, &[]);
+    }
+
+    /// A server inside `slot` on its sandbox address.
+    fn serve_in(slot: &Slot, name: &'static str) -> SocketAddr {
+        let ip = slot.sandbox_ip;
+        serve(
+            in_netns(&slot.netns_path, move || {
+                TcpListener::bind((ip, 0)).unwrap()
+            }),
+            name,
+        )
+    }
+
+    /// A pool instance of its own: a namespace directory under `dir`, the range `range`.
+    fn instance_config(dir: &Path, range: &str) -> NetConfig {
+        NetConfig {
+            range: range.parse().unwrap(),
+            pool_size: 1,
+            netns_dir: dir.join("netns"),
+            default_internet_access: false,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_pools_share_a_host_and_overlapping_ranges_are_refused() {
+        if !root_or_skip("two_pools_share_a_host") || !nft_or_skip("two pools") {
+            return;
+        }
+        let _serial = SERIAL.lock().await;
+        // Declared before the guards, so the guards run first.
+        let (dir_a, dir_b, dir_c) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let config_a = instance_config(dir_a.path(), "10.208.0.0/24");
+        let config_b = instance_config(dir_b.path(), "10.208.1.0/24");
+        let _cleanup_a = Cleanup::new(&config_a);
+        let _cleanup_b = Cleanup::new(&config_b);
+        let (tag_a, tag_b) = (config_a.instance_tag(), config_b.instance_tag());
+        assert_ne!(tag_a, tag_b);
+        let (table_a, table_b) = (table_name(tag_a), table_name(tag_b));
+
+        let pool_a = SlotPool::start(config_a.clone(), &[])
+            .await
+            .expect("start a");
+        // With egress (so `ip_forward` is on and slot-to-slot traffic reaches the rules).
+        let a = pool_a.take(true).await.expect("take a");
+        assert!(pool_a.wait_full(Duration::from_secs(10)).await);
+        assert!(a.host_if.starts_with(&format!("fk{tag_a}h")) && a.host_if.len() <= 15);
+        let pool_b = SlotPool::start(config_b.clone(), &[])
+            .await
+            .expect("start b");
+        let b = pool_b.take(false).await.expect("take b");
+        assert!(pool_b.wait_full(Duration::from_secs(10)).await);
+        // B's start reclaimed nothing of A: A's handed-out and ready slots are still there.
+        let links_a = own_links(&config_a);
+        assert_eq!(links_a.len(), 2, "{links_a:?}");
+        assert!(links_a.contains(&a.host_if), "{links_a:?}");
+        a.open_netns().expect("a's namespace survives b's start");
+        assert_eq!(own_links(&config_b).len(), 2);
+        let found = find_leftovers(&config_b, std::slice::from_ref(&b)).unwrap();
+        assert_eq!(found.links.len(), 1, "only b's ready slot: {found:?}");
+        assert!(
+            found.links[0].starts_with(&format!("fk{tag_b}h")),
+            "{found:?}"
+        );
+        let both = tables();
+        assert!(
+            both.contains(&table_a) && both.contains(&table_b),
+            "{both:?}"
+        );
+
+        // Both pass traffic from the host; neither reaches the other's slots or gateways.
+        let (a_srv, b_srv) = (serve_in(&a, "a"), serve_in(&b, "b"));
+        assert_eq!(fetch(a_srv).expect("host -> a"), "hi from a");
+        assert_eq!(fetch(b_srv).expect("host -> b"), "hi from b");
+        let gw_a = serve(TcpListener::bind((a.host_ip, 0)).unwrap(), "host gw a");
+        let gw_b = serve(TcpListener::bind((b.host_ip, 0)).unwrap(), "host gw b");
+        // Whichever table sees the packet first rejects it (both hook in at one priority).
+        let crossed = || {
+            counter(&table_a, "forward", "to another pool's slot")
+                + counter(&table_b, "forward", "from another pool's slot")
+        };
+        let before = crossed();
+        assert_blocked(&a, b_srv, "the other pool's slot");
+        assert!(crossed() > before, "rejected by a rule, not lost");
+        let (r, took) = connect_from(&a, b_srv);
+        assert!(
+            r.is_err() && took < Duration::from_millis(500),
+            "fast: {took:?}"
+        );
+        assert_blocked(&b, a_srv, "the other pool's slot");
+        assert_blocked(&a, gw_b, "the other pool's gateway");
+        assert_blocked(&b, gw_a, "the other pool's gateway");
+
+        // A third pool whose range overlaps A's slots is refused, naming both, and makes nothing.
+        let config_c = instance_config(dir_c.path(), "10.208.0.0/25");
+        let err = SlotPool::start(config_c.clone(), &[])
+            .await
+            .expect_err("an overlapping range is refused");
+        let msg = err.to_string();
+        eprintln!("overlapping start: {msg}");
+        match &err {
+            NetError::RangeOverlap {
+                range, interface, ..
+            } => {
+                assert_eq!(range, "10.208.0.0/25");
+                assert!(
+                    links_a.contains(interface),
+                    "{interface} is one of {links_a:?}"
+                );
+            }
+            other => panic!("not a RangeOverlap: {other:?}"),
+        }
+        assert!(
+            msg.contains("10.208.0.0/25") && msg.contains(&format!("fk{tag_a}h")),
+            "{msg}"
+        );
+        assert!(!tables().contains(&table_name(config_c.instance_tag())));
+        assert!(!is_mount_point(&config_c.netns_dir));
+        // Restarting on its own leftovers is no overlap (nor is the range of a kept slot).
+        drop(pool_b);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let pool_b = SlotPool::start(config_b.clone(), std::slice::from_ref(&b))
+            .await
+            .expect("b restarts over its own slots");
+
+        // A's daemon restarts with `a` still live: its shutdown keeps the table and mount for
+        // `a`, its new start reclaims only A's spare slot.
+        pool_a.shutdown().await.expect("shutdown a");
+        assert!(matches!(
+            pool_a.take(false).await,
+            Err(NetError::PoolClosed { .. })
+        ));
+        assert_eq!(own_links(&config_a), vec![a.host_if.clone()]);
+        assert!(tables().contains(&table_a));
+        assert!(is_mount_point(&config_a.netns_dir));
+        assert_eq!(
+            fetch(a_srv).expect("a works across its daemon's shutdown"),
+            "hi from a"
+        );
+        assert_blocked(&a, gw_a, "its gateway, after its daemon's shutdown");
+        drop(pool_a);
+        let pool_a = SlotPool::start(config_a.clone(), std::slice::from_ref(&a))
+            .await
+            .expect("a restarts");
+        assert!(pool_a.wait_full(Duration::from_secs(10)).await);
+        assert!(pool_b.wait_full(Duration::from_secs(10)).await);
+        assert_eq!(own_links(&config_b).len(), 2, "A's start left B's slots");
+        b.open_netns().expect("b's namespace survives a's restart");
+        assert_eq!(
+            fetch(b_srv).expect("host -> b after a's restart"),
+            "hi from b"
+        );
+
+        // B goes: nothing of it is left, A keeps its table, slots and fence.
+        pool_b.release(b).await.expect("release b");
+        pool_b.shutdown().await.expect("shutdown b");
+        leak_check(&config_b, &[]);
+        assert!(tables().contains(&table_a));
+        assert_eq!(own_links(&config_a).len(), 2);
+        assert_eq!(
+            fetch(a_srv).expect("host -> a after b's shutdown"),
+            "hi from a"
+        );
+        assert_blocked(&a, gw_a, "its gateway, after the other pool's shutdown");
+
+        pool_a.release(a).await.expect("release a");
+        pool_a.shutdown().await.expect("shutdown a");
+        leak_check(&config_a, &[]);
     }
 }

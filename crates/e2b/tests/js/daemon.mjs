@@ -3,7 +3,7 @@
 // state directory (chmod 0755), the static envd from scripts/build-envd, a random API key, and
 // the `export E2B_...` lines the daemon prints (recipe A of E2B-CONTRACT.md). At the end every
 // sandbox still listed is killed and reported, the daemon gets SIGTERM and must exit 0, no
-// process may still run in the state directory's sandboxes and no network slot (fkh* veth) it
+// process may still run in the state directory's sandboxes and no network slot (fk<tag>h* veth) it
 // made may be left.
 //
 // Nothing is built here: run `cargo build -p firkin` and `scripts/build-envd` first
@@ -98,7 +98,7 @@ export function driverTests() {
   return found
 }
 
-/** `name:ifindex` of the firkin slot veths on this host (`fkh<N>`). */
+/** `name:ifindex` of the firkin slot veths on this host (`fk<instance tag>h<N>`, any instance). */
 export function networkSlots() {
   const slots = new Set()
   let links = []
@@ -108,7 +108,7 @@ export function networkSlots() {
     return slots
   }
   for (const name of links) {
-    if (!/^fkh\d+$/.test(name)) continue
+    if (!/^fk[0-9a-f]{5}h\d+$/.test(name)) continue
     try {
       slots.add(`${name}:${fs.readFileSync(`/sys/class/net/${name}/ifindex`, 'utf8').trim()}`)
     } catch {
@@ -405,7 +405,7 @@ export async function stopDaemon(daemon, Sandbox) {
     .sort()
   if (newSlots.length) {
     problems.push(
-      'network slots (fkh* veths, /run/firkin/netns) the daemon made and left after its' +
+      'network slots (fk<tag>h* veths, <state>/netns) the daemon made and left after its' +
         ` shutdown, with no sandbox left: ${newSlots}`
     )
   }

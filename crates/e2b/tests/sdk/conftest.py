@@ -13,7 +13,7 @@ Every sandbox a test creates carries `metadata={"test": <run id>, "case": <test 
 `meta` fixture). After each test, the sandboxes with its metadata must be gone; at the end of
 the session every sandbox still listed is killed and reported, the daemon gets SIGTERM and
 must exit 0, and no process may still be running in a root file system of the state
-directory, and no network slot (fkh* veth) it made may be left. A failing test shows what
+directory, and no network slot (fk<tag>h* veth) it made may be left. A failing test shows what
 the daemon logged while it ran.
 
 A starting daemon reclaims every firkin network slot on the host that its own state does not
@@ -117,10 +117,10 @@ def driver_tests() -> list[str]:
 
 
 def network_slots() -> set[tuple[str, int]]:
-    """(name, ifindex) of the firkin slot veths on this host (`fkh<N>`)."""
+    """(name, ifindex) of the firkin slot veths on this host (`fk<instance tag>h<N>`, any instance)."""
     slots = set()
     for link in pathlib.Path("/sys/class/net").iterdir():
-        if re.fullmatch(r"fkh\d+", link.name):
+        if re.fullmatch(r"fk[0-9a-f]{5}h\d+", link.name):
             try:
                 slots.add((link.name, int((link / "ifindex").read_text())))
             except (OSError, ValueError):
@@ -365,7 +365,7 @@ def firkin():
         new_slots = sorted(name for name, _ in network_slots() - slots_before)
         if new_slots:
             problems.append(
-                f"network slots (fkh* veths, /run/firkin/netns) the daemon made and left after"
+                f"network slots (fk<tag>h* veths, <state>/netns) the daemon made and left after"
                 f" its shutdown, with no sandbox left: {new_slots}"
             )
         for key, value in saved.items():

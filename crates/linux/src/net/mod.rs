@@ -7,12 +7,22 @@
 //! # Layout
 //!
 //! Slot `n` owns the `n`-th /30 of [`NetConfig::range`] (default `10.200.0.0/16`, 16384
-//! slots): the host side `.1` is on the veth `fkh<n>` in the host namespace, the sandbox side
-//! `.2` on `eth0` inside the slot's namespace, with `lo` up and a default route via `.1`.
-//! Names carry firkin's prefix (`fkh`, at most 13 of the 15 characters Linux allows), so
-//! leftovers are found by name after a crash: veths `fkh*` and namespace files
-//! `<netns_dir>/slot-<n>` (default `/run/firkin/netns`). nftables holds no per-slot state:
-//! one static table matches `fkh*`, and a slot's egress switch is its veth's link group.
+//! slots): the host side `.1` is on the veth `fk<tag>h<n>` in the host namespace, the sandbox
+//! side `.2` on `eth0` inside the slot's namespace, with `lo` up and a default route via `.1`.
+//!
+//! # Instances
+//!
+//! Every pool is an *instance* with a short tag: five hex digits hashed from its canonical
+//! [`NetConfig::netns_dir`] ([`InstanceTag`]): stable across a daemon's restarts, different
+//! for daemons with directories of their own (under their state directories, say). Everything
+//! it makes on the host carries the tag: veths `fk<tag>h<n>` (at most 15 characters, the
+//! Linux limit, for any range of [`addr::MAX_SLOTS`] slots or fewer), the nftables table
+//! `inet firkin_<tag>`, and namespace files `<netns_dir>/slot-<n>`. Leftovers are found by
+//! these names after a crash, and a pool only ever finds, reclaims and matches its own:
+//! several daemons, tests and benchmarks share a host as long as each has a namespace
+//! directory and a range of its own. Overlapping ranges are refused at start
+//! ([`NetError::RangeOverlap`]). nftables holds no per-slot state: the instance's table
+//! matches `fk<tag>h*`, and a slot's egress switch is its veth's link group.
 //!
 //! # Namespaces
 //!
@@ -30,7 +40,7 @@
 //! See [`nft`] for the ruleset and why egress is a link group rather than per-slot rules
 //! (deleting an nftables element costs 10–20 ms). Always blocked from a slot: new connections to the host
 //! (any of its addresses; replies to connections the host opened pass, so the daemon
-//! reaches envd and any user port), to other slots, to link-local `169.254.0.0/16` (cloud
+//! reaches envd and any user port), to other slots (of any pool), to link-local `169.254.0.0/16` (cloud
 //! metadata), to the slot range, and IPv6. With `allow_internet_access` the rest is
 //! forwarded and masqueraded; without it, it is rejected. Blocked TCP connections get a reset
 //! (`ECONNREFUSED`), other blocked traffic ICMP admin-prohibited, so they fail at once
@@ -46,9 +56,10 @@
 //! released slots are torn down, never reused (a fresh namespace is clean by construction):
 //! the namespace is unmounted at once, the veth pair deleted in the background (the kernel
 //! takes 20–40 ms for it), its index reserved until then.
-//! One pool per host: the table's rules carry the range of the pool that last started.
 //! After a daemon restart, [`SlotPool::start`] is given the slots of sandboxes still alive
-//! and reclaims everything else carrying firkin's names ([`reclaim_leftovers`]).
+//! and reclaims everything else carrying its instance's names ([`reclaim_leftovers`]).
+//! [`SlotPool::shutdown`] removes the table and the namespace directory's mount once no slot
+//! is handed out (sandboxes outlive the daemon and keep both until the next one adopts them).
 //!
 //! # Needs
 //!
@@ -58,6 +69,7 @@
 pub mod addr;
 mod netns;
 pub mod nft;
+mod overlap;
 mod pool;
 mod reclaim;
 mod slot;
@@ -67,7 +79,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use addr::Ipv4Net;
+pub use addr::{InstanceTag, Ipv4Net};
 pub use pool::SlotPool;
 pub use reclaim::{Leftovers, find_leftovers, reclaim_leftovers};
 pub use slot::Slot;
@@ -83,7 +95,8 @@ pub struct NetConfig {
     pub range: Ipv4Net,
     /// How many slots are kept ready.
     pub pool_size: usize,
-    /// Where slot namespaces are bind-mounted.
+    /// Where slot namespaces are bind-mounted; also the pool's identity (its
+    /// [`InstanceTag`]), so every pool on a host needs a directory of its own.
     pub netns_dir: PathBuf,
     /// Egress of pooled slots; [`SlotPool::take`] changes it when a sandbox asks otherwise.
     pub default_internet_access: bool,
@@ -112,6 +125,12 @@ impl NetConfig {
                 reason: "smaller than one /30 slot",
             });
         }
+        if capacity > addr::MAX_SLOTS {
+            return Err(NetError::InvalidRange {
+                range: self.range.to_string(),
+                reason: addr::TOO_MANY_SLOTS,
+            });
+        }
         if self.pool_size as u64 > u64::from(capacity) {
             return Err(NetError::InvalidConfig {
                 reason: format!(
@@ -132,6 +151,35 @@ impl NetConfig {
     pub fn netns_path(&self, index: u32) -> PathBuf {
         self.netns_dir.join(format!("{NETNS_PREFIX}{index}"))
     }
+
+    /// The tag of the pool instance this configuration describes: a hash of the canonical
+    /// [`NetConfig::netns_dir`] (symbolic links resolved as far as the directory exists), so
+    /// that the same directory, however spelled, is the same instance, before and after the
+    /// directory is created. See [`InstanceTag`].
+    pub fn instance_tag(&self) -> InstanceTag {
+        InstanceTag::of_dir(&canonical_dir(&self.netns_dir))
+    }
+}
+
+/// `dir` with its longest existing ancestor canonicalized and the rest appended as written.
+fn canonical_dir(dir: &Path) -> PathBuf {
+    let mut existing = dir;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(canonical) = existing.canonicalize() {
+            return rest
+                .iter()
+                .rev()
+                .fold(canonical, |path, name| path.join(name));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => return dir.to_owned(),
+        }
+    }
 }
 
 /// Errors of the network slots. Messages describe this layer; causes are in `source`.
@@ -150,6 +198,27 @@ pub enum NetError {
     InvalidConfig {
         /// What is wrong, with the values.
         reason: String,
+    },
+    /// The slot range is already in use on this host by an interface that is not this pool
+    /// instance's: another pool's slots, or a network of the host.
+    #[error(
+        "slot range {range} overlaps {what} on interface {interface}, which is not this slot \
+         pool's: give every slot pool on a host a range of its own, disjoint from the host's \
+         networks"
+    )]
+    RangeOverlap {
+        /// The configured range.
+        range: String,
+        /// The interface the overlapping address or route is on.
+        interface: String,
+        /// What overlaps, such as `address 10.200.0.1/30` or `route 10.200.0.0/24`.
+        what: String,
+    },
+    /// The pool was shut down: it hands out no more slots (its table may be gone).
+    #[error("the slot pool of {range} is shut down")]
+    PoolClosed {
+        /// The configured range.
+        range: String,
     },
     /// No free slot is left in the range.
     #[error("slot range {range} has {capacity} slots, none free for index {index}")]
@@ -318,10 +387,53 @@ mod tests {
             netns_path: "/run/firkin/netns/slot-1".into(),
             host_ip: "10.200.0.5".parse().unwrap(),
             sandbox_ip: "10.200.0.6".parse().unwrap(),
-            host_if: "fkh1".into(),
+            host_if: "fk51a73h1".into(),
             internet_access: false,
         };
         let json = serde_json::to_string(&slot).unwrap();
         assert_eq!(serde_json::from_str::<Slot>(&json).unwrap(), slot);
+        // A slot stored by a version before instance tags still reads back as it was.
+        let old = r#"{"index":1,"netns_path":"/run/firkin/netns/slot-1","host_ip":"10.200.0.5",
+            "sandbox_ip":"10.200.0.6","host_if":"fkh1","internet_access":false}"#;
+        let old: Slot = serde_json::from_str(old).unwrap();
+        assert_eq!(old.host_if, "fkh1");
+        assert_eq!(
+            serde_json::from_str::<Slot>(&serde_json::to_string(&old).unwrap()).unwrap(),
+            old
+        );
+    }
+
+    #[test]
+    fn validate_refuses_ranges_whose_slot_numbers_do_not_fit_a_veth_name() {
+        for (range, ok) in [
+            ("10.0.0.0/8", true),
+            ("10.0.0.0/7", true),
+            ("0.0.0.0/6", false),
+        ] {
+            let c = NetConfig {
+                range: range.parse().unwrap(),
+                ..NetConfig::default()
+            };
+            assert_eq!(c.validate().is_ok(), ok, "{range}");
+        }
+    }
+
+    #[test]
+    fn the_instance_tag_follows_the_canonical_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, tmp.path().join("link")).unwrap();
+        let config = |dir: PathBuf| NetConfig {
+            netns_dir: dir,
+            ..NetConfig::default()
+        };
+        // Through a symbolic link, and before the directory itself exists.
+        let a = config(real.join("netns"));
+        let b = config(tmp.path().join("link/netns"));
+        assert_eq!(a.instance_tag(), b.instance_tag());
+        std::fs::create_dir(real.join("netns")).unwrap();
+        assert_eq!(a.instance_tag(), b.instance_tag());
+        assert_ne!(a.instance_tag(), config(real.join("other")).instance_tag());
     }
 }

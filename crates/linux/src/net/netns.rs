@@ -38,6 +38,148 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), NetError> {
     rustix::mount::mount_change(dir, shared).map_err(|e| dir_err(dir, "make shared", e))
 }
 
+/// Undoes [`ensure_dir`] when it is safe: unmounts `dir` if it is a bind mount of itself
+/// (what `ensure_dir` makes; a file system mounted there by someone else stays) holding no
+/// mounts. Returns whether it unmounted.
+///
+/// The namespace files of slots are bind mounts *inside* this one: detaching it would detach
+/// them too (a lazy unmount takes the whole subtree), and a sandbox that outlives the daemon
+/// would lose its namespace file, which the next daemon needs to re-adopt and release the
+/// slot. So with any mount left inside, nothing is done.
+pub(crate) fn release_dir(dir: &Path) -> Result<bool, NetError> {
+    let _guard = DIR_SETUP.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(dir) = canonical(dir)? else {
+        return Ok(false);
+    };
+    match dir_mount(&read_mountinfo()?, &dir) {
+        DirMount::SelfBind { inner: 0 } => {}
+        DirMount::SelfBind { .. } | DirMount::Other | DirMount::None => return Ok(false),
+    }
+    match rustix::mount::unmount(&dir, UnmountFlags::DETACH) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::INVAL) => Ok(false), // not a mount point after all
+        Err(e) => Err(dir_err(&dir, "unmount", e)),
+    }
+}
+
+/// `Some(canonical dir)` when `dir` is a self-bind mount as [`ensure_dir`] makes it.
+pub(crate) fn self_bind(dir: &Path) -> Result<Option<PathBuf>, NetError> {
+    let Some(dir) = canonical(dir)? else {
+        return Ok(None);
+    };
+    Ok(matches!(
+        dir_mount(&read_mountinfo()?, &dir),
+        DirMount::SelfBind { .. }
+    )
+    .then_some(dir))
+}
+
+fn canonical(dir: &Path) -> Result<Option<PathBuf>, NetError> {
+    match dir.canonicalize() {
+        Ok(dir) => Ok(Some(dir)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(NetError::NetnsDir {
+            path: dir.to_owned(),
+            step: "resolve",
+            source,
+        }),
+    }
+}
+
+fn read_mountinfo() -> Result<String, NetError> {
+    fs::read_to_string("/proc/self/mountinfo").map_err(|source| NetError::NetnsDir {
+        path: "/proc/self/mountinfo".into(),
+        step: "read",
+        source,
+    })
+}
+
+/// What is mounted at a directory.
+#[derive(Debug, PartialEq, Eq)]
+enum DirMount {
+    /// Not a mount point.
+    None,
+    /// A mount point, but not a bind mount of the directory onto itself.
+    Other,
+    /// A bind mount of the directory onto itself, with `inner` mounts below it.
+    SelfBind { inner: usize },
+}
+
+/// One line of `/proc/self/mountinfo`: the fields this module reads.
+struct MountEntry {
+    id: u64,
+    parent: u64,
+    device: String,
+    root: PathBuf,
+    point: PathBuf,
+}
+
+fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split(' ');
+            Some(MountEntry {
+                id: f.next()?.parse().ok()?,
+                parent: f.next()?.parse().ok()?,
+                device: f.next()?.to_owned(),
+                root: unescape(f.next()?),
+                point: unescape(f.next()?),
+            })
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// What is mounted at the canonical directory `dir`, per the mount table `mountinfo`.
+/// A self-bind shows the parent's device and, as its root, the parent's root followed by the
+/// directory's path inside the parent mount.
+fn dir_mount(mountinfo: &str, dir: &Path) -> DirMount {
+    let entries = parse_mountinfo(mountinfo);
+    // The last mount listed at a point is the one on top.
+    let Some(top) = entries.iter().rev().find(|e| e.point == dir) else {
+        return DirMount::None;
+    };
+    let Some(parent) = entries.iter().find(|e| e.id == top.parent) else {
+        return DirMount::Other;
+    };
+    let expected_root = match dir.strip_prefix(&parent.point) {
+        Ok(rel) if rel.as_os_str().is_empty() => parent.root.clone(),
+        Ok(rel) => parent.root.join(rel),
+        Err(_) => return DirMount::Other,
+    };
+    if top.device != parent.device || top.root != expected_root {
+        return DirMount::Other;
+    }
+    let inner = entries
+        .iter()
+        .filter(|e| e.point != dir && e.point.starts_with(dir))
+        .count();
+    DirMount::SelfBind { inner }
+}
+
 fn dir_err(dir: &Path, step: &'static str, e: rustix::io::Errno) -> NetError {
     NetError::NetnsDir {
         path: dir.to_owned(),
@@ -153,4 +295,32 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<PathBuf>, NetError> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:25 / /run rw,nosuid shared:5 - tmpfs tmpfs rw
+40 30 0:25 /firkin/netns /run/firkin/netns rw,nosuid shared:9 - tmpfs tmpfs rw
+41 40 0:4 net:[4026532301] /run/firkin/netns/slot-0 rw shared:10 - nsfs nsfs rw
+50 22 8:1 /tmp/a\\040b/netns /tmp/a\\040b/netns rw shared:11 - ext4 /dev/sda1 rw
+60 22 0:40 / /srv/netns rw shared:12 - tmpfs tmpfs rw
+70 22 8:1 /elsewhere /srv/other rw shared:13 - ext4 /dev/sda1 rw
+";
+
+    #[test]
+    fn finds_self_binds_and_what_they_hold() {
+        let at = |dir: &str| dir_mount(MOUNTINFO, Path::new(dir));
+        // On a tmpfs mounted at /run: the root is the path inside it.
+        assert_eq!(at("/run/firkin/netns"), DirMount::SelfBind { inner: 1 });
+        // On the root file system, with an escaped space.
+        assert_eq!(at("/tmp/a b/netns"), DirMount::SelfBind { inner: 0 });
+        // A file system of its own, or a bind of another directory: not ours to unmount.
+        assert_eq!(at("/srv/netns"), DirMount::Other);
+        assert_eq!(at("/srv/other"), DirMount::Other);
+        assert_eq!(at("/run/firkin"), DirMount::None);
+    }
 }

@@ -1,28 +1,38 @@
 //! The nftables layout of the slots: generated as text (pure, tested without root) and
 //! applied atomically with `nft -f -`.
 //!
-//! One table, `inet firkin`, with three base chains, one helper chain and no per-slot rules:
+//! One table per pool instance, `inet firkin_<tag>` (see [`InstanceTag`]), with three base
+//! chains, one helper chain and no per-slot rules. Every rule matches the instance's own
+//! veths, `fk<tag>h*` ("own" below), or its own range, so the tables of two pools on one host
+//! (each with a range of its own) never decide for each other's slots:
 //!
-//! - `input` (filter, priority `filter - 10`): traffic from any `fkh*` veth to any address of
+//! - `input` (filter, priority `filter - 10`): traffic from an own veth to any address of
 //!   the host (the slot's gateway, other slots' gateways, the host's own addresses, and so
 //!   on) is rejected unless it belongs to a connection the host opened (`ct state
 //!   established,related`): the daemon connects into sandboxes, sandboxes never connect out
 //!   to the host. Loopback (`127.0.0.0/8`) is unreachable anyway: the kernel drops
 //!   loopback destinations arriving on a non-loopback interface, and this rule covers the rest.
-//! - `forward` (filter, priority `filter - 10`): replies into a slot pass; traffic *from* a
-//!   slot to link-local `169.254.0.0/16` (cloud metadata) or to the slot range (other slots)
-//!   is rejected, as is IPv6; anything else heading *into* a slot is dropped (the outside
-//!   opening connections); what remains from a slot is accepted only when its host-side
-//!   veth is in the link group [`EGRESS_GROUP`]; everything else from `fkh*` is rejected.
+//! - `forward` (filter, priority `filter - 10`): replies into an own slot pass; traffic *from*
+//!   an own slot to link-local `169.254.0.0/16` (cloud metadata), to the slot range (other
+//!   slots) or out of any firkin veth (`fk*`: another instance's slots) is rejected, as is
+//!   IPv6, and so is traffic from any firkin veth into an own slot (both tables of two pools
+//!   see slot-to-slot traffic between them, in no set order, and either rejects it); anything
+//!   else heading *into* an own slot is dropped (the outside opening connections); what remains from an own slot is accepted only
+//!   when its host-side veth is in the link group [`EGRESS_GROUP`]; everything else from own
+//!   veths is rejected.
 //! - `refuse` (a regular chain, where every rejection goes): a TCP reset for TCP, ICMP
 //!   admin-prohibited otherwise, so a sandbox's connection attempt fails at once instead of
 //!   hanging. TCP gets a reset because the kernel rate-limits ICMP errors per destination.
-//! - `postrouting` (nat): traffic from the slot range leaving through a non-slot interface is
+//! - `postrouting` (nat): traffic from the slot range leaving through a non-own interface is
 //!   masqueraded.
+//!
+//! The table is written at [`super::SlotPool::start`] and deleted at
+//! [`super::SlotPool::shutdown`] when no slot is handed out any more (sandboxes outlive the
+//! daemon, and must stay fenced until the next daemon of the same instance takes over).
 //!
 //! # Why a link group, not per-slot rules
 //!
-//! A slot's egress switch is the *link group* of its host-side veth (`ip link set fkh<n>
+//! A slot's egress switch is the *link group* of its host-side veth (`ip link set fk<tag>h<n>
 //! group 0x66726b6e`), set over netlink with the other link attributes. The first design kept
 //! a set of interface names in the table; adding an element cost ~1 ms (an `nft` run), but
 //! deleting one cost 10–20 ms (the kernel waits for an RCU grace period on commit), on every
@@ -30,9 +40,11 @@
 //! with it: nothing per slot to add, remove, reclaim or leak in nftables, and changing egress
 //! is one netlink message. The sandbox cannot change the group: the host-side veth is in the
 //! host's namespace, where it has no capabilities. Any interface not in the group is blocked
-//! (fail closed).
+//! (fail closed). The group number is the same for every instance (groups are host-wide);
+//! each table matches it only together with its own `iifname "fk<tag>h*"`, so an instance's
+//! rule never accepts another's traffic.
 //!
-//! These chains only ever match `fkh*` interfaces or the slot range, so they leave the host's
+//! These chains only ever match firkin interfaces or the slot range, so they leave the host's
 //! other traffic alone; another table's `drop` (a Docker `FORWARD` policy, say) still applies
 //! to forwarded slot traffic, since every base chain must accept a packet.
 
@@ -40,10 +52,15 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use super::NetError;
-use super::addr::{HOST_IF_PREFIX, Ipv4Net};
+use super::addr::{HOST_IF_PREFIX, InstanceTag, Ipv4Net};
 
-/// The nftables table firkin owns (`inet` family).
-pub const TABLE: &str = "firkin";
+/// What the name of every firkin table starts with (`inet` family): `firkin_<tag>`.
+pub const TABLE_PREFIX: &str = "firkin_";
+
+/// The nftables table of instance `tag` (`inet` family): `firkin_<tag>`.
+pub fn table_name(tag: InstanceTag) -> String {
+    format!("{TABLE_PREFIX}{tag}")
+}
 
 /// Link group of host-side veths whose slots may reach the outside ("frkn" in ASCII).
 pub const EGRESS_GROUP: u32 = 0x6672_6b6e;
@@ -51,11 +68,13 @@ pub const EGRESS_GROUP: u32 = 0x6672_6b6e;
 /// The metadata/link-local range that is always blocked.
 pub const LINK_LOCAL: &str = "169.254.0.0/16";
 
-/// The whole table for `range`: creates what is missing and rewrites the chains' rules.
-/// Atomic, and harmless to live slots (their egress switch is on their interface).
-pub fn table_ruleset(range: Ipv4Net) -> String {
-    let t = format!("inet {TABLE}");
-    let any = format!("\"{HOST_IF_PREFIX}*\"");
+/// The whole table of instance `tag` for `range`: creates what is missing and rewrites the
+/// chains' rules. Atomic, and harmless to live slots (their egress switch is on their
+/// interface).
+pub fn table_ruleset(range: Ipv4Net, tag: InstanceTag) -> String {
+    let t = format!("inet {}", table_name(tag));
+    let any = format!("\"{}*\"", tag.host_if_prefix());
+    let firkin = format!("\"{HOST_IF_PREFIX}*\"");
     let reject = "counter goto refuse";
     let mut s = String::new();
     let mut line = |l: String| {
@@ -111,6 +130,14 @@ pub fn table_ruleset(range: Ipv4Net) -> String {
         "add rule {t} forward iifname {any} ip daddr {range} {reject} comment \"slot range\""
     ));
     line(format!(
+        "add rule {t} forward iifname {any} oifname {firkin} {reject} comment \"to another pool's slot\""
+    ));
+    // The same traffic seen from the other side: the tables of two pools hook in at the same
+    // priority in no set order, so each rejects both directions before its silent drop.
+    line(format!(
+        "add rule {t} forward iifname {firkin} oifname {any} {reject} comment \"from another pool's slot\""
+    ));
+    line(format!(
         "add rule {t} forward iifname {any} meta nfproto ipv6 {reject}"
     ));
     line(format!(
@@ -126,6 +153,40 @@ pub fn table_ruleset(range: Ipv4Net) -> String {
         "add rule {t} postrouting ip saddr {range} oifname != {any} masquerade comment \"slot NAT\""
     ));
     s
+}
+
+/// Deletes the table of instance `tag`; a missing table counts as deleted (the `add` makes
+/// the transaction valid either way).
+pub fn delete_ruleset(tag: InstanceTag) -> String {
+    let t = format!("inet {}", table_name(tag));
+    format!("add table {t}\ndelete table {t}\n")
+}
+
+/// Whether the table of instance `tag` exists. `Ok(false)` when `nft` is not installed
+/// (then nothing can have made the table).
+pub fn table_exists(tag: InstanceTag) -> Result<bool, NetError> {
+    let out = match Command::new("nft")
+        .args(["list", "tables", "inet"])
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => return Err(NetError::NftSpawn { source }),
+    };
+    if !out.status.success() {
+        return Err(NetError::Nft {
+            ruleset: "list tables inet".into(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    let name = table_name(tag);
+    Ok(String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+        let mut words = l.split_whitespace();
+        words.next() == Some("table")
+            && words.next() == Some("inet")
+            && words.next() == Some(name.as_str())
+    }))
 }
 
 /// Runs `nft -f -` with `ruleset` on stdin: the whole text is one transaction.
@@ -159,26 +220,59 @@ mod tests {
 
     #[test]
     fn table_blocks_host_metadata_and_range_for_every_slot() {
-        let text = table_ruleset("10.200.0.0/16".parse().unwrap());
+        let tag = InstanceTag::of_dir(std::path::Path::new("/run/firkin/netns"));
+        assert_eq!(tag.to_string(), "51a73");
+        let text = table_ruleset("10.200.0.0/16".parse().unwrap(), tag);
         let has = |needle: &str| {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         };
-        has("add table inet firkin\n");
-        has("flush chain inet firkin forward\n");
-        has("add rule inet firkin input iifname \"fkh*\" ct state established,related accept\n");
-        has("input iifname \"fkh*\" counter goto refuse");
-        has("forward iifname \"fkh*\" ip daddr 169.254.0.0/16 counter goto refuse");
-        has("forward iifname \"fkh*\" ip daddr 10.200.0.0/16 counter goto refuse");
-        has("add rule inet firkin refuse meta l4proto tcp reject with tcp reset\n");
-        has("forward oifname \"fkh*\" counter drop");
-        has("forward iifname \"fkh*\" iifgroup 0x66726b6e ip saddr 10.200.0.0/16 accept");
-        has("postrouting ip saddr 10.200.0.0/16 oifname != \"fkh*\" masquerade");
+        has("add table inet firkin_51a73\n");
+        has("flush chain inet firkin_51a73 forward\n");
+        has(
+            "add rule inet firkin_51a73 input iifname \"fk51a73h*\" ct state established,related accept\n",
+        );
+        has("input iifname \"fk51a73h*\" counter goto refuse");
+        has("forward iifname \"fk51a73h*\" ip daddr 169.254.0.0/16 counter goto refuse");
+        has("forward iifname \"fk51a73h*\" ip daddr 10.200.0.0/16 counter goto refuse");
+        has("forward iifname \"fk51a73h*\" oifname \"fk*\" counter goto refuse");
+        has("add rule inet firkin_51a73 refuse meta l4proto tcp reject with tcp reset\n");
+        has("forward oifname \"fk51a73h*\" counter drop");
+        has("forward iifname \"fk51a73h*\" iifgroup 0x66726b6e ip saddr 10.200.0.0/16 accept");
+        has("postrouting ip saddr 10.200.0.0/16 oifname != \"fk51a73h*\" masquerade");
         // Blocked destinations come before the egress switch, the catch-all after it.
         let pos = |n: &str| text.find(n).unwrap();
         assert!(pos("169.254.0.0/16") < pos("iifgroup"));
         assert!(pos("daddr 10.200.0.0/16") < pos("into a slot"));
+        assert!(pos("to another pool's slot") < pos("into a slot"));
+        assert!(pos("from another pool's slot") < pos("into a slot"));
+        has("forward iifname \"fk*\" oifname \"fk51a73h*\" counter goto refuse");
         assert!(pos("iifgroup") < pos("egress blocked"));
         // The target chain exists before the first rule that jumps to it.
-        assert!(pos("add chain inet firkin refuse") < pos("goto refuse"));
+        assert!(pos("add chain inet firkin_51a73 refuse") < pos("goto refuse"));
+    }
+
+    #[test]
+    fn every_rule_names_its_own_instance() {
+        let a = InstanceTag::of_dir(std::path::Path::new("/a/netns"));
+        let b = InstanceTag::of_dir(std::path::Path::new("/b/netns"));
+        let text = table_ruleset("10.9.0.0/24".parse().unwrap(), a);
+        for rule in text.lines().filter(|l| l.starts_with("add rule")) {
+            assert!(rule.contains(&format!("inet firkin_{a} ")), "{rule}");
+            assert!(!rule.contains(&b.to_string()), "{rule}");
+            let own = rule.contains(&format!("\"fk{a}h*\"")) || rule.contains("10.9.0.0/24");
+            let refuse = rule.contains(" refuse ");
+            assert!(
+                own || refuse,
+                "a rule matching more than its instance: {rule}"
+            );
+            // The egress group is host-wide: it is matched with the own veths only.
+            if rule.contains("iifgroup") {
+                assert!(rule.contains(&format!("iifname \"fk{a}h*\"")), "{rule}");
+            }
+        }
+        assert_eq!(
+            delete_ruleset(a),
+            format!("add table inet firkin_{a}\ndelete table inet firkin_{a}\n")
+        );
     }
 }

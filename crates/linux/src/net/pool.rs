@@ -7,10 +7,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::addr::SlotPlan;
-use super::addr::host_if_name;
+use super::addr::{InstanceTag, SlotPlan, legacy_host_if_name};
 use super::slot::{delete_links_blocking, on_thread, prepare_blocking, remove_netns};
-use super::{NetConfig, NetError, Slot, netns, nft, reclaim_leftovers};
+use super::{NetConfig, NetError, Slot, netns, nft, overlap, reclaim_leftovers};
 
 /// How long the filler waits after a failed preparation before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -23,6 +22,10 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// pair in the background (deleting a veth waits ~20–30 ms for the kernel's RCU grace
 /// periods); the index stays reserved until the veth is gone, so it is never reused early.
 /// Indices are allocated lowest-free-first inside the range.
+///
+/// Everything the pool makes on the host carries its [`InstanceTag`], so pools with different
+/// namespace directories and disjoint ranges share a host without touching each other's
+/// slots; [`SlotPool::start`] refuses a range another interface already uses.
 #[derive(Debug)]
 pub struct SlotPool {
     inner: Arc<Inner>,
@@ -32,6 +35,7 @@ pub struct SlotPool {
 #[derive(Debug)]
 struct Inner {
     config: NetConfig,
+    tag: InstanceTag,
     state: Mutex<State>,
     wake: Notify,
 }
@@ -65,7 +69,7 @@ impl Inner {
                 capacity,
             })?;
         state.used.insert(index);
-        SlotPlan::new(self.config.range, index)
+        SlotPlan::new(self.config.range, self.tag, index)
     }
 
     fn free(&self, index: u32) {
@@ -87,15 +91,29 @@ impl Inner {
 }
 
 impl SlotPool {
-    /// Installs the nftables table, removes leftovers not in `keep` (slots of sandboxes a
-    /// previous daemon left running), reserves `keep`'s indices and starts filling the pool
+    /// Checks that no interface of another instance uses the range, removes this instance's
+    /// leftovers not in `keep` (slots of sandboxes a previous daemon left running), installs
+    /// the instance's nftables table, reserves `keep`'s indices and starts filling the pool
     /// in the background. Needs a tokio runtime.
+    ///
+    /// Fails with [`NetError::RangeOverlap`] when an address or route of an interface other
+    /// than this instance's veths (or `keep`'s) overlaps the range: another pool on the host
+    /// with an overlapping range, or one of the host's networks. Nothing is changed then.
     pub async fn start(config: NetConfig, keep: &[Slot]) -> Result<Self, NetError> {
         config.validate()?;
-        netns::ensure_dir(&config.netns_dir)?;
-        let ruleset = nft::table_ruleset(config.range);
-        on_thread("firkin-nft".into(), move || nft::apply(&ruleset)).await?;
+        let tag = config.instance_tag();
+        let range = config.range;
+        let keep_ifs: Vec<String> = keep.iter().map(|s| s.host_if.clone()).collect();
+        on_thread("firkin-net-check".into(), move || {
+            overlap::check_range_free(range, |name| {
+                tag.parse_host_if(name).is_some() || keep_ifs.iter().any(|k| k == name)
+            })
+        })
+        .await?;
         reclaim_leftovers(&config, keep).await?;
+        netns::ensure_dir(&config.netns_dir)?;
+        let ruleset = nft::table_ruleset(config.range, tag);
+        on_thread("firkin-nft".into(), move || nft::apply(&ruleset)).await?;
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 used: keep.iter().map(|s| s.index).collect(),
@@ -103,6 +121,7 @@ impl SlotPool {
                 ..State::default()
             }),
             config,
+            tag,
             wake: Notify::new(),
         });
         let filler = tokio::spawn(fill(Arc::clone(&inner)));
@@ -110,6 +129,11 @@ impl SlotPool {
             inner,
             filler: Mutex::new(Some(filler)),
         })
+    }
+
+    /// The tag every host object of this pool carries (veths, nftables table).
+    pub fn instance_tag(&self) -> InstanceTag {
+        self.inner.tag
     }
 
     /// The pool's configuration.
@@ -135,10 +159,16 @@ impl SlotPool {
     }
 
     /// Takes a ready slot (or prepares one now if the pool is empty) with egress set to
-    /// `internet_access`. Changing a pooled slot's egress costs one `nft` run.
+    /// `internet_access`. Changing a pooled slot's egress costs one netlink message.
+    /// Fails with [`NetError::PoolClosed`] after [`SlotPool::shutdown`].
     pub async fn take(&self, internet_access: bool) -> Result<Slot, NetError> {
         let pooled = {
             let mut state = self.inner.state();
+            if state.closed {
+                return Err(NetError::PoolClosed {
+                    range: self.inner.config.range.to_string(),
+                });
+            }
             let slot = state.ready.pop_front();
             if let Some(slot) = &slot {
                 state.taken.insert(slot.index);
@@ -154,7 +184,20 @@ impl SlotPool {
                     self.inner.allocate(&mut state)?
                 };
                 let slot = self.inner.prepare(plan, internet_access).await?;
-                self.inner.state().taken.insert(slot.index);
+                let closed = {
+                    let mut state = self.inner.state();
+                    state.taken.insert(slot.index);
+                    state.closed
+                };
+                if closed {
+                    // A shutdown ran meanwhile and may have deleted the table: no unfenced slot.
+                    if let Err(e) = self.release(slot).await {
+                        tracing::warn!(error = %e, "releasing a slot made during shutdown");
+                    }
+                    return Err(NetError::PoolClosed {
+                        range: self.inner.config.range.to_string(),
+                    });
+                }
                 slot
             }
         };
@@ -186,17 +229,24 @@ impl SlotPool {
             self.inner.state().taken.insert(slot.index);
             return Err(e);
         }
-        self.delete_in_background(slot.index);
+        let mut names = vec![self.inner.tag.host_if_name(slot.index)];
+        // A slot kept from a version before instance tags has its veth under the old name.
+        if slot.host_if == legacy_host_if_name(slot.index) {
+            names.push(slot.host_if);
+        }
+        self.delete_in_background(slot.index, names);
         Ok(())
     }
 
-    fn delete_in_background(&self, index: u32) {
+    /// Deletes the veths `names` of slot `index`, then frees the index. The names are
+    /// derived from the index (a caller's [`Slot`] only chooses between the current and the
+    /// legacy name), so a release cannot delete an interface that is not this pool's.
+    fn delete_in_background(&self, index: u32, names: Vec<String>) {
         self.inner.state().pending += 1;
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
-            let host_if = host_if_name(index);
             let deleted = on_thread(format!("firkin-slot-{index}"), move || {
-                delete_links_blocking(&[host_if])
+                delete_links_blocking(&names)
             })
             .await;
             match deleted {
@@ -217,8 +267,15 @@ impl SlotPool {
     }
 
     /// Stops the filler and tears down the ready slots (slots handed out are the caller's
-    /// to release). Without it, dropping the pool leaves the ready slots for
-    /// [`reclaim_leftovers`] to find.
+    /// to release); [`SlotPool::take`] fails afterwards. Without it, dropping the pool leaves
+    /// the ready slots for [`reclaim_leftovers`] to find.
+    ///
+    /// When no slot is handed out any more (none kept from `start` either), it also deletes
+    /// the instance's nftables table and unmounts the namespace directory's bind mount of
+    /// itself, so nothing of the instance is left. While slots are handed out both stay:
+    /// their sandboxes outlive the daemon, must stay fenced by the table, and the next
+    /// daemon re-adopts them through their namespace files, which are bind mounts inside
+    /// that directory (unmounting it would detach them too).
     pub async fn shutdown(&self) -> Result<(), NetError> {
         self.inner.state().closed = true;
         self.inner.wake.notify_one();
@@ -238,7 +295,23 @@ impl SlotPool {
             result = result.and(r);
         }
         self.settle().await;
-        result
+        let handed_out = self.inner.state().taken.len();
+        if handed_out > 0 {
+            tracing::info!(
+                handed_out,
+                "slot pool shut down; its table and namespace directory stay for the live slots"
+            );
+            return result;
+        }
+        let tag = self.inner.tag;
+        let dir = self.inner.config.netns_dir.clone();
+        let removed = on_thread("firkin-net-shutdown".into(), move || {
+            let table = nft::apply(&nft::delete_ruleset(tag));
+            let mount = netns::release_dir(&dir).map(|_| ());
+            table.and(mount)
+        })
+        .await;
+        result.and(removed)
     }
 }
 

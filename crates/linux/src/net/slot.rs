@@ -4,7 +4,7 @@
 //! thread for the namespace steps. That one gets its own single-threaded tokio runtime and
 //! two rtnetlink sockets: one opened *before* `unshare(CLONE_NEWNET)` (so it talks to the
 //! host namespace), one after (so it talks to the slot's). The veth is created from inside the
-//! slot (`eth0`) with its peer (`fkh<n>`) placed in the host namespace by file descriptor, so
+//! slot (`eth0`) with its peer (`fk<tag>h<n>`) placed in the host namespace by file descriptor, so
 //! no interface is ever renamed or moved after creation. The thread exits when done; the
 //! namespace lives on through its bind mount.
 
@@ -33,7 +33,8 @@ pub struct Slot {
     pub host_ip: Ipv4Addr,
     /// Sandbox side (`.2`, on `eth0` inside the namespace): where the daemon connects.
     pub sandbox_ip: Ipv4Addr,
-    /// Host-side veth name, `fkh<index>`.
+    /// Host-side veth name, `fk<tag>h<index>` (see [`super::InstanceTag`]); slots stored by
+    /// versions before instance tags have `fkh<index>`.
     pub host_if: String,
     /// Whether the slot may reach the outside (its host-side veth is in
     /// [`nft::EGRESS_GROUP`]).
@@ -118,7 +119,7 @@ where
 }
 
 /// Drives `fut` on a single-threaded runtime owned by the calling (dedicated) thread.
-fn block_on<T>(fut: impl Future<Output = Result<T, NetError>>) -> Result<T, NetError> {
+pub(crate) fn block_on<T>(fut: impl Future<Output = Result<T, NetError>>) -> Result<T, NetError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -130,7 +131,7 @@ fn block_on<T>(fut: impl Future<Output = Result<T, NetError>>) -> Result<T, NetE
 }
 
 /// Opens an rtnetlink socket in the calling thread's current network namespace.
-fn connect(netns: Option<&Path>) -> Result<Handle, NetError> {
+pub(crate) fn connect(netns: Option<&Path>) -> Result<Handle, NetError> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|source| NetError::NetlinkSocket {
             netns: netns.map(Path::to_owned),

@@ -108,8 +108,9 @@ pub fn run_as(
     parse_start_response(&String::from_utf8_lossy(&response))
 }
 
-/// Real sandboxes for a test: a state directory, a driver configuration with an address
-/// range of the test's own (so parallel test binaries never reclaim each other's slots).
+/// Real sandboxes for a test: a state directory, a driver configuration with a slot pool
+/// instance (namespace directory) and an address range of the test's own, so parallel test
+/// binaries keep their slots apart (an overlapping range would fail at start).
 pub struct Harness {
     /// The state directory (templates, sandboxes, the database, the views).
     pub state: tempfile::TempDir,
