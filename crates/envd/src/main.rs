@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Parser;
+use firkin_envd::process::OomScoreAdj;
 use firkin_envd::state::{Envd, Settings};
 use firkin_envd::users::UserDb;
 
@@ -30,6 +31,19 @@ struct Args {
     /// Act as PID 1 (reap orphans, forward signals) even when not PID 1. Automatic as PID 1.
     #[arg(long)]
     init: bool,
+    /// The oom_score_adj (-1000 to 1000) every command envd starts gets instead of envd's
+    /// own, so that the OOM killer picks a command before envd. In a sandbox the driver
+    /// gives envd -999 and passes 0; where it cannot lower envd's value (no
+    /// CAP_SYS_RESOURCE), envd keeps its 0 and the driver passes 500. A value below envd's
+    /// minimum (its oom_score_adj_min, 0 unless a privileged writer set one) is refused by
+    /// the kernel, and the command then keeps envd's value.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = OomScoreAdj::NEUTRAL,
+        allow_negative_numbers = true
+    )]
+    child_oom_score_adj: OomScoreAdj,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         default_user,
         default_workdir: args.workdir,
         envs: Default::default(),
+        child_oom_score_adj: args.child_oom_score_adj,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -86,5 +101,40 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child_oom_score_adj(flags: &[&str]) -> Result<i32, String> {
+        Args::try_parse_from(std::iter::once("firkin-envd").chain(flags.iter().copied()))
+            .map(|args| args.child_oom_score_adj.get())
+            .map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn child_oom_score_adj_is_a_checked_number_defaulting_to_0() {
+        assert_eq!(child_oom_score_adj(&[]), Ok(0));
+        assert_eq!(
+            child_oom_score_adj(&["--child-oom-score-adj", "500"]),
+            Ok(500)
+        );
+        assert_eq!(
+            child_oom_score_adj(&["--child-oom-score-adj", "-999"]),
+            Ok(-999)
+        );
+        assert_eq!(
+            child_oom_score_adj(&["--child-oom-score-adj=1000"]),
+            Ok(1000)
+        );
+        for bad in ["1001", "-1001", "abc", ""] {
+            let error = child_oom_score_adj(&["--child-oom-score-adj", bad]).unwrap_err();
+            assert!(
+                error.contains("--child-oom-score-adj") && error.contains("-1000 to 1000"),
+                "{bad:?}: {error}"
+            );
+        }
     }
 }

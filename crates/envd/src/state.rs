@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::filesystem::Watchers;
-use crate::process::Supervisor;
+use crate::process::{OomScoreAdj, Supervisor};
 use crate::users::{User, UserDb, UserError};
 
-/// Settings that the daemon may change at run time through `POST /init`.
+/// Settings: from the command line, and all but [`Settings::child_oom_score_adj`] changed at
+/// run time when the daemon asks (`POST /init`).
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
     /// Token every request must carry in `X-Access-Token` (none: no check).
@@ -19,6 +20,9 @@ pub struct Settings {
     pub default_workdir: Option<String>,
     /// Environment added to every process.
     pub envs: HashMap<String, String>,
+    /// The `oom_score_adj` every process starts with, rather than inheriting envd's (see
+    /// `--child-oom-score-adj`).
+    pub child_oom_score_adj: OomScoreAdj,
 }
 
 /// The shared state of one envd. Cloning shares it.

@@ -5,15 +5,18 @@
 use std::io;
 use std::os::fd::RawFd;
 
+use crate::process::OomScoreAdj;
 use crate::users::User;
 
-/// Identity and terminal settings applied in the child between `fork` and `exec`.
+/// Identity, terminal and OOM settings applied in the child between `fork` and `exec`.
 #[derive(Clone, Debug)]
 pub struct ChildSetup {
     /// Switch to this user's uid, gid and groups (`None`: keep envd's).
     pub identity: Option<(u32, u32, Vec<libc::gid_t>)>,
     /// Start a new session and make this fd (a PTY's slave side) its controlling terminal.
     pub controlling_tty: Option<RawFd>,
+    /// The `oom_score_adj` to give the child instead of the one it inherits from envd.
+    pub oom_score_adj: OomScoreAdj,
 }
 
 impl ChildSetup {
@@ -30,23 +33,34 @@ impl ChildSetup {
         Self {
             identity,
             controlling_tty: None,
+            oom_score_adj: OomScoreAdj::NEUTRAL,
         }
     }
 
     /// Install this setup as `command`'s pre-exec hook.
     pub fn install(self, command: &mut tokio::process::Command) {
+        // Formatted here, before the fork: the child only copies it out.
+        let (oom_text, oom_len) = self.oom_score_adj.to_ascii();
         // SAFETY: the closure runs in the child between fork and exec, where only
-        // async-signal-safe functions may be called. It calls only setsid, ioctl, setgroups,
-        // setgid and setuid (all async-signal-safe system calls), reads data captured by
-        // value before the fork (no allocation, no locks), and reports failure through
-        // `io::Error::last_os_error`, which only reads errno.
+        // async-signal-safe functions may be called. It calls only open, write, close,
+        // setsid, ioctl, setgroups, setgid and setuid (all async-signal-safe system calls),
+        // reads data captured by value before the fork (the oom_score_adj already formatted
+        // into a fixed buffer) and a static path (no allocation, no locks), and reports
+        // failure through `io::Error::last_os_error`, which only reads errno.
         unsafe {
-            command.pre_exec(move || self.apply_in_child());
+            command.pre_exec(move || {
+                // `get`: no panicking path in the child (the length is at most 5 anyway).
+                self.apply_in_child(oom_text.get(..oom_len).unwrap_or_default())
+            });
         }
     }
 
     /// Runs in the forked child: see the SAFETY note in [`ChildSetup::install`].
-    fn apply_in_child(&self) -> io::Result<()> {
+    /// `oom_score_adj` is [`ChildSetup::oom_score_adj`] in decimal.
+    fn apply_in_child(&self, oom_score_adj: &[u8]) -> io::Result<()> {
+        // First, while still envd's identity: after a uid change the process is not dumpable
+        // until it execs, and its /proc files belong to root.
+        set_oom_score_adj(oom_score_adj);
         if let Some(tty) = self.controlling_tty {
             // SAFETY: plain system calls on an fd the child inherited.
             unsafe {
@@ -72,6 +86,33 @@ impl ChildSetup {
             }
         }
         Ok(())
+    }
+}
+
+/// In a forked child: replace the `oom_score_adj` inherited from envd with `text` (decimal,
+/// `--child-oom-score-adj`), so that a command that fills the sandbox's memory is the OOM
+/// killer's choice rather than envd. The driver either lowers envd's to -999 and has its
+/// commands go back to the neutral 0, or, where it cannot lower envd's (no
+/// `CAP_SYS_RESOURCE`), leaves envd at 0 and has the commands go up (to 500). Raising needs
+/// no privilege, nor does lowering down to the minimum a privileged writer set (0 unless one
+/// did); a command may later lower itself down to that minimum too, so it can at best tie
+/// with an envd at 0, never undercut it. Best effort: where there is no `/proc` or the write
+/// is refused (envd run outside a sandbox and asked for less than its minimum), the command
+/// starts with envd's value, as any child would.
+///
+/// Async-signal-safe: open, write and close on a static path, nothing allocated.
+fn set_oom_score_adj(text: &[u8]) {
+    // SAFETY: plain system calls on a static NUL-terminated path and a buffer that is valid
+    // for `text.len()` bytes; the fd is our own and closed once.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if fd >= 0 {
+            let _ = libc::write(fd, text.as_ptr().cast(), text.len());
+            libc::close(fd);
+        }
     }
 }
 

@@ -93,7 +93,7 @@ mod tests {
             access_token: token.map(str::to_owned),
             default_user: current_user(),
             default_workdir: Some(std::env::temp_dir().display().to_string()),
-            envs: Default::default(),
+            ..Settings::default()
         };
         let envd = Envd::new(settings, UserDb::default());
         let (stop, stopped) = oneshot::channel::<()>();

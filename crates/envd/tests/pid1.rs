@@ -1,5 +1,6 @@
 //! envd as PID 1 of a fresh PID namespace (`unshare --pid --fork --mount-proc`): it serves,
-//! reaps the orphans its start command leaves, and on SIGTERM stops everything and exits 0.
+//! reaps the orphans its start command leaves, starts its commands with the
+//! `--child-oom-score-adj` it was given, and on SIGTERM stops everything and exits 0.
 //! Needs root (and util-linux's `unshare`); skips with a message otherwise.
 
 #[cfg(test)]
@@ -63,6 +64,8 @@ mod tests {
                 &format!("127.0.0.1:{port}"),
                 "--default-user",
                 "root",
+                "--child-oom-score-adj",
+                "700",
             ])
             // Three orphans that exit at once, and one long-lived process to be stopped.
             .args([
@@ -81,6 +84,34 @@ mod tests {
         assert!(health(port).unwrap().starts_with("HTTP/1.1 204"));
 
         let init = children(unshare.id())[0].0;
+        // envd (PID 1 and its server) keeps ours; the start command, as any command, gets 700.
+        let oom_score_adj = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        let ours = oom_score_adj(std::process::id());
+        assert_ne!(ours, "700");
+        assert_eq!(oom_score_adj(init), ours, "PID 1");
+        // Not the start command's orphans, which PID 1 may have inherited by now.
+        let envd = std::fs::canonicalize(env!("CARGO_BIN_EXE_firkin-envd")).unwrap();
+        let servers: Vec<u32> = children(init)
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == envd)
+            })
+            .collect();
+        let [server] = servers[..] else {
+            panic!("PID 1 {init} has envd children {servers:?}, not one server");
+        };
+        assert_eq!(oom_score_adj(server), ours, "the server");
+        let commands = children(server);
+        assert!(!commands.is_empty(), "no start command under {server}");
+        for (command, _) in commands {
+            assert_eq!(oom_score_adj(command), "700", "start command {command}");
+        }
         std::thread::sleep(Duration::from_millis(500));
         let zombies: Vec<_> = children(init)
             .into_iter()

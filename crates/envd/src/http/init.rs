@@ -115,6 +115,7 @@ pub async fn get_envs(State(envd): State<Envd>) -> Json<HashMap<String, String>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::OomScoreAdj;
 
     #[test]
     fn the_first_token_is_free_later_ones_need_it() {
@@ -133,6 +134,7 @@ mod tests {
             default_user: "user".into(),
             default_workdir: None,
             envs: HashMap::from([("A".into(), "1".into()), ("B".into(), "2".into())]),
+            child_oom_score_adj: OomScoreAdj::new(500).unwrap(),
         };
         let request: InitRequest = serde_json::from_str(
             r#"{"envVars": {"B": "3", "C": "4"}, "defaultUser": "", "defaultWorkdir": "/w",
@@ -145,6 +147,8 @@ mod tests {
         assert_eq!(settings.default_user, "user");
         assert_eq!(settings.default_workdir.as_deref(), Some("/w"));
         assert_eq!(settings.access_token.as_deref(), Some("T"));
+        // Not the daemon's to change: envd's command line set it.
+        assert_eq!(settings.child_oom_score_adj.get(), 500);
         apply(
             &mut settings,
             InitRequest {

@@ -21,6 +21,92 @@ use tokio::sync::mpsc;
 use crate::sys::ChildSetup;
 use crate::users::User;
 
+/// An `oom_score_adj` (-1000 to 1000): added, in thousandths of the memory there is, to a
+/// process's badness when the kernel's OOM killer picks its victim; -1000 is never picked,
+/// 1000 always first. The [`Default`] is the neutral 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OomScoreAdj(i16);
+
+/// Why a text is not an [`OomScoreAdj`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OomScoreAdjError {
+    /// Not a decimal integer.
+    #[error("{0:?} is not an integer (an oom_score_adj is from -1000 to 1000)")]
+    NotAnInteger(String),
+    /// An integer outside -1000..=1000.
+    #[error("{0} is out of range (an oom_score_adj is from -1000 to 1000)")]
+    OutOfRange(String),
+}
+
+impl OomScoreAdj {
+    /// The lowest value: the OOM killer never picks the process.
+    pub const MIN: Self = Self(-1000);
+    /// The highest value: the OOM killer picks the process first.
+    pub const MAX: Self = Self(1000);
+    /// The neutral value, what processes have unless something changes it.
+    pub const NEUTRAL: Self = Self(0);
+
+    /// `value`, when it is from -1000 to 1000.
+    #[must_use]
+    pub fn new(value: i32) -> Option<Self> {
+        i16::try_from(value)
+            .ok()
+            .filter(|value| (Self::MIN.0..=Self::MAX.0).contains(value))
+            .map(Self)
+    }
+
+    /// The number.
+    #[must_use]
+    pub fn get(self) -> i32 {
+        i32::from(self.0)
+    }
+
+    /// The decimal text that `/proc/<pid>/oom_score_adj` takes, in a fixed buffer (nothing
+    /// allocated): the buffer and how many of its bytes the text is.
+    #[must_use]
+    pub fn to_ascii(self) -> ([u8; 5], usize) {
+        let mut text = [0u8; 5];
+        let mut len = 0;
+        if self.0 < 0 {
+            text[0] = b'-';
+            len = 1;
+        }
+        let magnitude = self.0.unsigned_abs();
+        for divisor in [1000, 100, 10, 1] {
+            // No leading zeros; a digit is below 10, so `as u8` keeps it.
+            if magnitude >= divisor || divisor == 1 {
+                text[len] = b'0' + (magnitude / divisor % 10) as u8;
+                len += 1;
+            }
+        }
+        (text, len)
+    }
+}
+
+impl std::fmt::Display for OomScoreAdj {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for OomScoreAdj {
+    type Err = OomScoreAdjError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let out_of_range = || OomScoreAdjError::OutOfRange(text.trim().to_owned());
+        let value: i32 =
+            text.trim()
+                .parse()
+                .map_err(|error: std::num::ParseIntError| match error.kind() {
+                    std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
+                        out_of_range()
+                    }
+                    _ => OomScoreAdjError::NotAnInteger(text.to_owned()),
+                })?;
+        Self::new(value).ok_or_else(out_of_range)
+    }
+}
+
 /// Output chunk size: one read, one event.
 const CHUNK: usize = 32 * 1024;
 /// Events buffered per attached stream before the process's output waits for the client.
@@ -53,6 +139,8 @@ pub struct StartSpec {
     pub pty: Option<(u16, u16)>,
     /// Killed at this instant (the Start call's deadline).
     pub kill_at: Option<Instant>,
+    /// Its `oom_score_adj` (rather than envd's, which it would inherit).
+    pub oom_score_adj: OomScoreAdj,
 }
 
 /// One output chunk.
@@ -305,6 +393,7 @@ impl Supervisor {
             .current_dir(&spec.cwd)
             .kill_on_drop(false);
         let mut setup = ChildSetup::for_user(&spec.user);
+        setup.oom_score_adj = spec.oom_score_adj;
         let terminal = match spec.pty {
             Some((cols, rows)) => {
                 let pair = pty::open(cols, rows).map_err(spawn_error)?;
@@ -554,7 +643,159 @@ pub fn start_template_command(
         stdin: false,
         pty: None,
         kill_at: None,
+        oom_score_adj: settings.child_oom_score_adj,
     };
     let (process, _output) = envd.processes().start(spec)?;
     Ok(process.pid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Raise this test process's `oom_score_adj` to at least `floor` (never lowers it: that
+    /// would take privileges and outlive the test); its value afterwards.
+    fn raise_own_oom_score_adj(floor: i32) -> i32 {
+        let path = "/proc/self/oom_score_adj";
+        let current: i32 = std::fs::read_to_string(path)
+            .expect("no /proc")
+            .trim()
+            .parse()
+            .unwrap();
+        if current < floor {
+            std::fs::write(path, floor.to_string()).expect("raising is always allowed");
+        }
+        current.max(floor)
+    }
+
+    fn user(uid: u32) -> User {
+        User {
+            name: "someone".into(),
+            uid,
+            gid: uid,
+            groups: vec![],
+            home: "/".into(),
+            shell: "/bin/sh".into(),
+        }
+    }
+
+    /// What `cat /proc/self/oom_score_adj` prints when envd starts it as `user`, asked for
+    /// `oom_score_adj`.
+    async fn child_oom_score_adj(
+        user: User,
+        pty: Option<(u16, u16)>,
+        oom_score_adj: OomScoreAdj,
+    ) -> String {
+        let supervisor = Supervisor::default();
+        let (_, mut events) = supervisor
+            .start(StartSpec {
+                cmd: "/bin/cat".into(),
+                args: vec!["/proc/self/oom_score_adj".into()],
+                envs: BTreeMap::new(),
+                cwd: "/".into(),
+                user,
+                tag: None,
+                stdin: false,
+                pty,
+                kill_at: None,
+                oom_score_adj,
+            })
+            .unwrap();
+        let mut out = Vec::new();
+        loop {
+            match events
+                .recv()
+                .await
+                .expect("the stream ends with an End event")
+            {
+                Event::Data(Output::Stdout(data) | Output::Pty(data)) => out.extend(data),
+                Event::Data(Output::Stderr(data)) => {
+                    panic!("cat failed: {}", String::from_utf8_lossy(&data))
+                }
+                Event::End(end) => {
+                    assert_eq!(end.exit_code, 0, "{end:?}");
+                    break;
+                }
+            }
+        }
+        String::from_utf8(out).unwrap().trim().to_owned()
+    }
+
+    /// Every spawn path gives the command `oom_score_adj`, printed as `expected`: pipes, a
+    /// terminal, and (as root) another user.
+    async fn check_every_path(oom_score_adj: OomScoreAdj, expected: &str) {
+        let me = rustix::process::geteuid().as_raw();
+        let cases = [
+            (me, None, "pipes"),
+            (me, Some((80, 24)), "terminal"),
+            // After the switch to another uid the child is no longer dumpable and its /proc
+            // files are root's: the write must come before it.
+            (65_534, None, "as nobody"),
+            (65_534, Some((80, 24)), "as nobody on a terminal"),
+        ];
+        for (uid, pty, what) in cases {
+            if uid != me && me != 0 {
+                continue;
+            }
+            assert_eq!(
+                child_oom_score_adj(user(uid), pty, oom_score_adj).await,
+                expected,
+                "{what}, asked for {oom_score_adj}"
+            );
+        }
+    }
+
+    /// envd runs with a protective `oom_score_adj` in a sandbox; what it starts must not
+    /// inherit it. The value given up here is a raised one (lowering our own would take
+    /// privileges; the sandbox tests of firkin-linux check the lowered case), which shows the
+    /// reset happens on every spawn path.
+    #[tokio::test]
+    async fn commands_start_with_a_neutral_oom_score_adj() {
+        assert!(raise_own_oom_score_adj(500) >= 500);
+        check_every_path(OomScoreAdj::NEUTRAL, "0").await;
+    }
+
+    /// Where the driver cannot lower envd's `oom_score_adj`, it has envd raise its commands'
+    /// instead (`--child-oom-score-adj 500`): above envd's own value, on every path.
+    #[tokio::test]
+    async fn commands_start_with_the_configured_oom_score_adj() {
+        let own = raise_own_oom_score_adj(500);
+        assert!(own < 700, "this test process is at {own} already");
+        check_every_path(OomScoreAdj::new(700).unwrap(), "700").await;
+        // Below envd's own value but not below its minimum (0, nobody privileged set one): a
+        // lowering that needs no privilege either.
+        check_every_path(OomScoreAdj::new(300).unwrap(), "300").await;
+    }
+
+    #[test]
+    fn oom_score_adj_is_formatted_without_allocating_and_parsed_strictly() {
+        for value in [
+            -1000, -999, -100, -10, -5, 0, 7, 10, 99, 100, 500, 999, 1000,
+        ] {
+            let adj = OomScoreAdj::new(value).unwrap();
+            let (text, len) = adj.to_ascii();
+            assert_eq!(&text[..len], value.to_string().as_bytes(), "{value}");
+            assert_eq!(adj.to_string(), value.to_string());
+            assert_eq!(value.to_string().parse::<OomScoreAdj>(), Ok(adj));
+            assert_eq!(adj.get(), value);
+        }
+        assert_eq!(OomScoreAdj::default(), OomScoreAdj::NEUTRAL);
+        assert_eq!(OomScoreAdj::new(1001), None);
+        assert_eq!(OomScoreAdj::new(-1001), None);
+        assert_eq!(
+            "1001".parse::<OomScoreAdj>(),
+            Err(OomScoreAdjError::OutOfRange("1001".into()))
+        );
+        assert_eq!(
+            "-99999999999999".parse::<OomScoreAdj>(),
+            Err(OomScoreAdjError::OutOfRange("-99999999999999".into()))
+        );
+        for bad in ["", "abc", "1.5", "+-1", "0x10"] {
+            assert_eq!(
+                bad.parse::<OomScoreAdj>(),
+                Err(OomScoreAdjError::NotAnInteger(bad.into())),
+                "{bad:?}"
+            );
+        }
+    }
 }

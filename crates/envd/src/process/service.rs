@@ -120,6 +120,7 @@ impl ProcessService {
             stdin: request.stdin.unwrap_or(true),
             pty,
             kill_at: ctx.deadline(),
+            oom_score_adj: settings.child_oom_score_adj,
         })
     }
 }

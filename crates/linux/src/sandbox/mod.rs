@@ -11,7 +11,9 @@
 //! 1. join the slot's network namespace (or make a fresh one);
 //! 2. unshare the user, mount, UTS, IPC and cgroup namespaces; the driver, outside, writes
 //!    the id maps (sandbox root → an unprivileged host range) — the helper says `maps` on the
-//!    status pipe and waits for a byte on the go pipe;
+//!    status pipe and waits for a byte on the go pipe; before it, the driver sets the helper's
+//!    `oom_score_adj` to -999 for envd to inherit (without `CAP_SYS_RESOURCE` it cannot, and
+//!    envd instead starts its commands at 500, not 0: `--child-oom-score-adj`);
 //! 3. become root of the new user namespace, mount the overlay root filesystem and the
 //!    read-only host layers;
 //! 4. unshare the PID namespace and fork: the child is PID 1 of the sandbox; the helper

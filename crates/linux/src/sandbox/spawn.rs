@@ -59,7 +59,10 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchErr
 /// Start a sandbox described by `spec` with the helper at `helper`, mapping ids by `ids`,
 /// first joining the cgroups whose `cgroup.procs` files are given (so every process of the
 /// sandbox, and its cgroup namespace, starts inside them). Blocking: call it from a blocking
-/// thread. Returns once PID 1 exists (envd then starts serving on its own).
+/// thread. Returns once PID 1 exists (envd then starts serving on its own), with an
+/// `oom_score_adj` of [`ENVD_OOM_SCORE_ADJ`] (written into the helper before it forks PID 1)
+/// where the driver has `CAP_SYS_RESOURCE`, else with the driver's: see
+/// [`envd_oom_protection`] for what envd must then be told.
 ///
 /// # Errors
 ///
@@ -127,6 +130,7 @@ fn converse(
             .map_err(io_error("read the helper's status"))?;
         if line == "maps" {
             write_maps(helper_pid, ids)?;
+            protect_from_oom(helper_pid)?;
             go.write_all(b"1").map_err(io_error("signal the helper"))?;
         } else if let Some(pid) = line.strip_prefix("pid ") {
             let pid1 = pid.parse().map_err(|_| {
@@ -153,6 +157,123 @@ fn write_maps(pid: u32, ids: IdMap) -> Result<(), LaunchError> {
         std::fs::write(&path, &line).map_err(io_error(format!("write {path}")))?;
     }
     Ok(())
+}
+
+/// The `oom_score_adj` of a sandbox's envd: the OOM killer of the sandbox's memory cgroup
+/// picks its victim by `oom_score`, and envd must not be the one chosen while a command is
+/// left to kill (envd starts every command at
+/// [`OomProtection::child_oom_score_adj`], 0 here). Not -1000 (never killed): an envd that
+/// leaked memory would then leave the cgroup with nothing to kill and wedge it.
+pub const ENVD_OOM_SCORE_ADJ: i32 = -999;
+
+/// The `oom_score_adj` of the commands a sandbox's envd starts where the driver cannot
+/// lower envd's own (no `CAP_SYS_RESOURCE`): envd then keeps the driver's value (normally
+/// 0), and its commands are raised above it instead, which needs no privilege, so that the
+/// OOM killer still picks a command before envd. A command cannot undercut envd: it may
+/// lower itself again, but not below the `oom_score_adj_min` it inherited (0 unless a
+/// privileged writer set one), so at best it ties. Halfway up rather than 1000, so that a
+/// command can still raise itself (or what it starts) above its siblings as the likelier
+/// victim.
+pub const UNPROTECTED_CHILD_OOM_SCORE_ADJ: i32 = 500;
+
+// Values that `/proc/<pid>/oom_score_adj` and envd's flag take (-1000..=1000), with envd
+// below its commands either way.
+const _: () = assert!(ENVD_OOM_SCORE_ADJ > -1000 && ENVD_OOM_SCORE_ADJ < 0);
+const _: () =
+    assert!(UNPROTECTED_CHILD_OOM_SCORE_ADJ > 0 && UNPROTECTED_CHILD_OOM_SCORE_ADJ < 1000);
+
+/// How a sandbox's envd is kept from being its memory cgroup's OOM victim, which depends on
+/// the driver's privileges ([`envd_oom_protection`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OomProtection {
+    /// The driver has `CAP_SYS_RESOURCE`: envd is lowered to [`ENVD_OOM_SCORE_ADJ`], and the
+    /// commands it starts go back to the neutral 0.
+    EnvdLowered,
+    /// It has not: envd keeps the driver's `oom_score_adj`, and the commands it starts are
+    /// raised to [`UNPROTECTED_CHILD_OOM_SCORE_ADJ`].
+    ChildrenRaised,
+}
+
+impl OomProtection {
+    /// envd's `oom_score_adj`, when the driver sets it (`None`: envd has the driver's).
+    #[must_use]
+    pub const fn envd_oom_score_adj(self) -> Option<i32> {
+        match self {
+            Self::EnvdLowered => Some(ENVD_OOM_SCORE_ADJ),
+            Self::ChildrenRaised => None,
+        }
+    }
+
+    /// The `oom_score_adj` of the commands envd starts: what the driver passes envd as
+    /// `--child-oom-score-adj`.
+    #[must_use]
+    pub const fn child_oom_score_adj(self) -> i32 {
+        match self {
+            Self::EnvdLowered => 0,
+            Self::ChildrenRaised => UNPROTECTED_CHILD_OOM_SCORE_ADJ,
+        }
+    }
+}
+
+/// This driver's [`OomProtection`]: whether it may lower an `oom_score_adj`
+/// (`CAP_SYS_RESOURCE` is effective), checked once per process (the driver's capabilities
+/// do not change while it runs). The first call without the capability says so, once.
+#[must_use]
+pub fn envd_oom_protection() -> OomProtection {
+    static PROTECTION: std::sync::OnceLock<OomProtection> = std::sync::OnceLock::new();
+    *PROTECTION.get_or_init(|| {
+        if may_lower_oom_score_adj() {
+            return OomProtection::EnvdLowered;
+        }
+        let own: Option<i32> = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|own| own.trim().parse().ok());
+        let own_text = own.map_or_else(|| "unknown".to_owned(), |own| own.to_string());
+        tracing::warn!(
+            "no CAP_SYS_RESOURCE: sandboxes' envd cannot be lowered below the driver's \
+             oom_score_adj ({own_text}); the commands it starts are raised to \
+             {UNPROTECTED_CHILD_OOM_SCORE_ADJ} instead, so the OOM killer still picks them first"
+        );
+        if own.is_some_and(|own| own >= UNPROTECTED_CHILD_OOM_SCORE_ADJ) {
+            tracing::warn!(
+                "the driver's oom_score_adj ({own_text}) is not below \
+                 {UNPROTECTED_CHILD_OOM_SCORE_ADJ}: envd, which inherits it, may be chosen by \
+                 the OOM killer before its commands"
+            );
+        }
+        OomProtection::ChildrenRaised
+    })
+}
+
+/// Give the helper [`ENVD_OOM_SCORE_ADJ`] while it waits for the go byte, before it forks
+/// PID 1: PID 1 inherits the value at that fork and keeps it across the exec of envd, and so
+/// does the server envd forks off first thing. Written later, once PID 1 is reported, it
+/// would race with that fork (PID 1 runs on meanwhile) and could miss the server, the large
+/// process of the two. Host root writes it (with `CAP_SYS_RESOURCE`, which lowering needs),
+/// so the kernel lowers `oom_score_adj_min` to the same value; both are inherited, and a
+/// sandbox process can therefore go back down to -999 on its own, never below.
+///
+/// A failed write fails the launch (a vanished helper, `ENOENT`, included): an unprotected
+/// envd would run on but be the cgroup's likely OOM victim. A driver without
+/// `CAP_SYS_RESOURCE` (a container or VM that keeps it from root) cannot lower the value at
+/// all: it writes nothing, and envd raises its commands instead
+/// ([`OomProtection::ChildrenRaised`]).
+fn protect_from_oom(pid: u32) -> Result<(), LaunchError> {
+    let Some(value) = envd_oom_protection().envd_oom_score_adj() else {
+        return Ok(());
+    };
+    let path = format!("/proc/{pid}/oom_score_adj");
+    std::fs::write(&path, value.to_string()).map_err(io_error(format!(
+        "protect envd from the OOM killer: write {path}"
+    )))
+}
+
+/// Whether this thread may lower an `oom_score_adj` (`CAP_SYS_RESOURCE` is effective).
+fn may_lower_oom_score_adj() -> bool {
+    rustix::thread::capabilities(None).is_ok_and(|sets| {
+        sets.effective
+            .contains(rustix::thread::CapabilitySet::SYS_RESOURCE)
+    })
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -185,5 +306,32 @@ fn pre_exec(command: &mut Command, inherited: [i32; 2], cgroup_fds: Vec<i32>) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_protection_follows_cap_sys_resource_and_is_cached() {
+        let protection = envd_oom_protection();
+        assert_eq!(envd_oom_protection(), protection, "cached");
+        let expected = if may_lower_oom_score_adj() {
+            OomProtection::EnvdLowered
+        } else {
+            OomProtection::ChildrenRaised
+        };
+        assert_eq!(protection, expected);
+        assert_eq!(
+            OomProtection::EnvdLowered.envd_oom_score_adj(),
+            Some(ENVD_OOM_SCORE_ADJ)
+        );
+        assert_eq!(OomProtection::EnvdLowered.child_oom_score_adj(), 0);
+        assert_eq!(OomProtection::ChildrenRaised.envd_oom_score_adj(), None);
+        assert_eq!(
+            OomProtection::ChildrenRaised.child_oom_score_adj(),
+            UNPROTECTED_CHILD_OOM_SCORE_ADJ
+        );
     }
 }
