@@ -485,6 +485,9 @@ impl DurableStateStore {
     }
 }
 
+/// How long a held state lock is waited for before the directory counts as in use.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn lock_root(root: &Path) -> Result<File> {
     let path = root.join(DurableStateStore::LOCK_FILE);
     let file = OpenOptions::new()
@@ -494,18 +497,29 @@ fn lock_root(root: &Path) -> Result<File> {
         .mode(0o600)
         .open(&path)
         .map_err(|error| Error::persistence(format!("open {}", path.display()), error))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-        |errno| {
-            Error::persistence(
-                format!(
-                    "state directory {} is in use by another firkin process; stop it or use \
+    // A killed daemon's lock can outlive it for a moment: a child it forked holds the lock's
+    // file until that child execs (the descriptor is close-on-exec), and a sandbox launch
+    // spends milliseconds between fork and exec (joining cgroups). So a held lock gets a
+    // short grace before it counts as another daemon's.
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    let locked = loop {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other,
+        }
+    };
+    locked.map_err(|errno| {
+        Error::persistence(
+            format!(
+                "state directory {} is in use by another firkin process; stop it or use \
                      another state directory",
-                    root.display()
-                ),
-                std::io::Error::from(errno),
-            )
-        },
-    )?;
+                root.display()
+            ),
+            std::io::Error::from(errno),
+        )
+    })?;
     Ok(file)
 }
 
