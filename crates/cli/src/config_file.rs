@@ -1,7 +1,7 @@
 //! `firkin.toml`: the lowest layer of the daemon's settings. A key set here is used unless the
 //! same setting comes from a `FIRKIN_*` environment variable or a flag (file < environment <
 //! flag). Keys are the flags' names: `listen`, `state-dir`, `api-key`, `domain`, `envd-bin`,
-//! `tls-listen`. An unknown key is an error, so a typo never goes unnoticed.
+//! `tls-listen`, `warm-pool`, `slot-range`. An unknown key is an error, so a typo never goes unnoticed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,17 @@ pub(crate) struct FileConfig {
     pub(crate) domain: Option<String>,
     pub(crate) envd_bin: Option<PathBuf>,
     pub(crate) tls_listen: Option<SocketAddr>,
+    pub(crate) warm_pool: Option<usize>,
+    #[serde(default, deserialize_with = "slot_range")]
+    pub(crate) slot_range: Option<firkin_linux::net::Ipv4Net>,
+}
+
+/// `slot-range = "10.200.0.0/16"`, checked as the flag is.
+fn slot_range<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<firkin_linux::net::Ipv4Net>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 /// `/etc/firkin/firkin.toml` for root, else `$XDG_CONFIG_HOME/firkin/firkin.toml` (or
@@ -72,9 +83,16 @@ mod tests {
     #[test]
     fn the_file_takes_the_flags_names_and_refuses_unknown_keys() {
         let file = parse(
-            "listen = \"0.0.0.0:49980\"\nstate-dir = \"/srv/firkin\"\ndomain = \"sbx.localhost\"\n",
+            "listen = \"0.0.0.0:49980\"\nstate-dir = \"/srv/firkin\"\ndomain = \"sbx.localhost\"\nwarm-pool = 0\nslot-range = \"10.77.0.0/20\"\n",
         )
         .unwrap();
+        assert_eq!(file.warm_pool, Some(0));
+        assert_eq!(
+            file.slot_range.map(|r| r.to_string()).as_deref(),
+            Some("10.77.0.0/20")
+        );
+        let bad = parse("slot-range = \"10.77.0.0/33\"\n").unwrap_err();
+        assert!(format!("{bad:#}").contains("10.77.0.0/33"), "{bad:#}");
         assert_eq!(file.listen, Some("0.0.0.0:49980".parse().unwrap()));
         assert_eq!(file.state_dir, Some(PathBuf::from("/srv/firkin")));
         assert_eq!(file.domain.as_deref(), Some("sbx.localhost"));

@@ -32,6 +32,14 @@ pub(crate) struct ServeArgs {
     /// for `*.<domain>` from a local CA made on first use in `<state>/tls/`.
     #[arg(long, env = "FIRKIN_TLS_LISTEN")]
     tls_listen: Option<SocketAddr>,
+    /// Sandboxes kept started ahead, so that a create only hands one out (about 1.3 MiB and
+    /// one network slot each while they wait); 0 starts every sandbox at its create.
+    #[arg(long, env = "FIRKIN_WARM_POOL", default_value_t = 2)]
+    warm_pool: usize,
+    /// Private IPv4 range the sandboxes' network slots are cut from (a /30 each); two daemons
+    /// on one host need ranges that do not overlap. Default: 10.200.0.0/16.
+    #[arg(long, env = "FIRKIN_SLOT_RANGE")]
+    slot_range: Option<firkin_linux::net::Ipv4Net>,
 }
 
 impl ServeArgs {
@@ -56,6 +64,12 @@ impl ServeArgs {
         }
         if unset("tls_listen") {
             self.tls_listen = file.tls_listen.or(self.tls_listen.take());
+        }
+        if let Some(warm_pool) = file.warm_pool.filter(|_| unset("warm_pool")) {
+            self.warm_pool = warm_pool;
+        }
+        if unset("slot_range") {
+            self.slot_range = file.slot_range.or(self.slot_range.take());
         }
     }
 }
@@ -89,7 +103,11 @@ async fn serve(
     let started = std::time::Instant::now();
     // This executable is also the sandbox init helper (see main).
     let helper = std::env::current_exe().context("find this executable")?;
-    let driver_config = NamespaceConfig::new(state_dir, envd, helper);
+    let mut driver_config = NamespaceConfig::new(state_dir, envd, helper);
+    driver_config.warm_pool = args.warm_pool;
+    if let Some(range) = args.slot_range {
+        driver_config.net.range = range;
+    }
     // The durable state (state.db) shares the directory with the driver's templates,
     // sandboxes and views, so `firkin state show` reads the same directory.
     let store = StateStore::open(state_dir)

@@ -3,7 +3,10 @@
 //!
 //! - **firkin**: `NamespaceDriver::create` (through `RuntimeDriver::create`, with a
 //!   `PortRegistry`) of a `base` sandbox, which returns once envd answers `GET /health`; then
-//!   `delete`, timed on its own;
+//!   `delete`, timed on its own. Two drivers side by side: one without a warm pool (every
+//!   create starts its sandbox) and one with the daemon's default warm pool of 2 (a create
+//!   hands out a sandbox started ahead; the pool refills while the other rows run), plus that
+//!   driver in bursts of 10 creates in a row, where the pool drains;
 //! - **baseline**, interleaved call by call: `runc run -d` of an OCI bundle whose root is the
 //!   same `base` template root filesystem, with the host's `/usr` bound read-only, running the
 //!   same static envd (bound read-only at the same place, `/run/firkin/envd` on a `/run`
@@ -29,9 +32,9 @@
 //! Isolation from other firkin users of the host: the bench moves itself into a cgroup of its
 //! own (`<own cgroup>/firkin-bench-<pid>` in each hierarchy the driver uses), so the
 //! driver's start-up reclaim of leftover sandbox cgroups sees only this bench's, and it uses
-//! the slot range `10.203.0.0/16` and a temporary state directory, whose namespace directory
-//! makes its slot pool an instance of its own (other pools on the host keep their slots; a
-//! pool already using `10.203.0.0/16` makes the bench fail at start). Everything it made is
+//! the slot ranges `10.203.0.0/17` and `10.203.128.0/17` and temporary state directories,
+//! whose namespace directories make each slot pool an instance of its own (other pools on the
+//! host keep their slots; a pool already using those ranges makes the bench fail at start). Everything it made is
 //! deleted at the end, on errors too, and checked: sandboxes, cgroups, slots, mounts and runc
 //! containers. Results: `docs/BENCHMARKS.md`.
 
@@ -54,8 +57,14 @@ type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Untimed rounds before the interleaved measurement.
 const WARMUP: usize = 5;
-/// The slot range of this bench (the driver test uses 10.201, the net tests 10.200).
-const RANGE: &str = "10.203.0.0/16";
+/// The slot ranges of this bench's two drivers (the driver test uses 10.201, the net tests
+/// 10.200 and 10.208).
+const COLD_RANGE: &str = "10.203.0.0/17";
+const WARM_RANGE: &str = "10.203.128.0/17";
+/// The warm driver's pool, as `firkin serve`'s default.
+const WARM_POOL: usize = 2;
+/// Creates in a row in the burst rows.
+const BURST: usize = 10;
 /// Where the sandbox's first process, envd, is bound (as `InitSpec::ENVD_PATH`).
 const ENVD_PATH: &str = "/run/firkin/envd";
 /// The same limits as a sandbox of `SandboxResources::from_mib(1, 256)`.
@@ -129,9 +138,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn run(settings: Settings) -> BenchResult {
     let state = tempfile::tempdir()?;
     let mut config = NamespaceConfig::new(state.path(), &settings.envd, &settings.helper);
-    config.net.range = RANGE.parse()?;
-    config.net.netns_dir = state.path().join("netns");
+    config.net.range = COLD_RANGE.parse()?;
     config.net.pool_size = 4;
+    // Every create of this driver starts its sandbox (the path a burst falls back to).
+    config.warm_pool = 0;
+    let warm_state = tempfile::tempdir()?;
+    let mut warm_config = NamespaceConfig::new(warm_state.path(), &settings.envd, &settings.helper);
+    warm_config.net.range = WARM_RANGE.parse()?;
+    warm_config.net.pool_size = 4;
+    warm_config.warm_pool = WARM_POOL;
     let runc = if std::env::var_os("FIRKIN_BENCH_NO_RUNC").is_some() {
         println!("SKIP runc baseline: FIRKIN_BENCH_NO_RUNC is set");
         None
@@ -139,25 +154,49 @@ async fn run(settings: Settings) -> BenchResult {
         Runc::find(state.path())
     };
     let driver = NamespaceDriver::new(config.clone(), &[]).await?;
+    let warm = NamespaceDriver::new(warm_config.clone(), &[]).await?;
     let live = Live::default();
+    let warm_live = Live::default();
     // A panic in the measurement must not skip the clean-up below.
-    let measured = std::panic::AssertUnwindSafe(measure(&driver, runc.as_ref(), &settings, &live))
-        .catch_unwind()
-        .await;
-    let cleanup = clean_up(driver, &config, runc.as_ref(), &live).await;
-    drop(state);
+    let measured = std::panic::AssertUnwindSafe(measure(
+        Drivers {
+            cold: &driver,
+            warm: &warm,
+            warm_live: &warm_live,
+        },
+        runc.as_ref(),
+        &settings,
+        &live,
+    ))
+    .catch_unwind()
+    .await;
+    // The warm driver first: its warm sandboxes are cgroups the other's check would count.
+    let warm_cleanup = clean_up(warm, &warm_config, None, &warm_live).await;
+    let cleanup = clean_up(driver, &config, runc.as_ref(), &live)
+        .await
+        .and(warm_cleanup);
+    drop((state, warm_state));
     match measured {
         Ok(result) => result.and(cleanup),
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 
+/// The two drivers measured side by side: one without a warm pool, one with.
+#[derive(Clone, Copy)]
+struct Drivers<'a> {
+    cold: &'a NamespaceDriver,
+    warm: &'a NamespaceDriver,
+    warm_live: &'a Live,
+}
+
 async fn measure(
-    driver: &NamespaceDriver,
+    drivers: Drivers<'_>,
     runc: Option<&Runc>,
     settings: &Settings,
     live: &Live,
 ) -> BenchResult {
+    let driver = drivers.cold;
     let started = Instant::now();
     // Before anything runs: the load average then is the host's, not the bench's.
     let machine = machine_line();
@@ -175,19 +214,28 @@ async fn measure(
             None
         }
     };
-    // Let the pool fill before the first create.
+    // Let the pools fill before the first create.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    if !drivers.warm.wait_warm(Duration::from_secs(30)).await {
+        return Err("the warm pool did not fill within 30 s".into());
+    }
 
     let n = settings.samples;
     let mut create = Vec::with_capacity(n);
     let mut delete = Vec::with_capacity(n);
+    let mut warm_create = Vec::with_capacity(n);
+    let mut warm_delete = Vec::with_capacity(n);
+    let mut cold_phases = Phases::new();
+    let mut warm_phases = Phases::new();
     let mut runc_envd = Vec::with_capacity(n);
     let mut runc_delete = Vec::with_capacity(n);
     let mut runc_true = Vec::with_capacity(n);
     // Interleaved, so the shared host's noise falls on every row alike.
     for i in 0..WARMUP + n {
         let timed = i >= WARMUP;
-        let (made, removed) = create_and_delete(driver, &ports, live).await?;
+        let (made, removed) = create_and_delete(driver, &ports, live, &mut cold_phases).await?;
+        let (warm_made, warm_removed) =
+            create_and_delete(drivers.warm, &ports, drivers.warm_live, &mut warm_phases).await?;
         if let (Some(runc), Some(bundles)) = (runc, &bundles) {
             let (up, down) = runc.envd_round(bundles, i, live)?;
             let bare = runc.true_round(bundles, i)?;
@@ -200,12 +248,31 @@ async fn measure(
         if timed {
             create.push(made);
             delete.push(removed);
+            warm_create.push(warm_made);
+            warm_delete.push(warm_removed);
         }
     }
     let mut rows = vec![
         Row::new("firkin: create -> envd /health 204", create),
         Row::new("firkin: delete", delete),
     ];
+    let mut warm_rows = vec![
+        Row::new(
+            format!("firkin warm pool {WARM_POOL}: create -> 204"),
+            warm_create,
+        ),
+        Row::new(format!("firkin warm pool {WARM_POOL}: delete"), warm_delete),
+    ];
+    for (phases, which) in [(cold_phases, "cold"), (warm_phases, "warm")] {
+        for (name, samples) in phases {
+            warm_rows.push(Row::new(format!("  {which} create, phase {name}"), samples));
+        }
+    }
+    let burst = burst_creates(drivers.warm, &ports, drivers.warm_live, n).await?;
+    warm_rows.push(Row::new(
+        format!("firkin warm pool {WARM_POOL}: bursts of {BURST}"),
+        burst,
+    ));
     if runc.is_some() {
         rows.push(Row::new("runc: run -d envd -> /health 204", runc_envd));
         rows.push(Row::new("runc: delete -f (envd)", runc_delete));
@@ -227,7 +294,7 @@ async fn measure(
 
     println!("{machine}");
     println!(
-        "envd {}; slot pool of 4; runc {}",
+        "envd {}; slot pools of 4; runc {}",
         settings.envd.display(),
         runc.map_or_else(|| "absent".to_owned(), |runc| runc.version.clone())
     );
@@ -235,14 +302,20 @@ async fn measure(
         "{:<40} {:>6} {:>9} {:>9} {:>9} {:>9}",
         "operation", "n", "p50 ms", "p95 ms", "p99 ms", "max ms"
     );
-    for row in &rows {
+    for row in rows
+        .iter()
+        .take(2)
+        .chain(&warm_rows)
+        .chain(rows.iter().skip(2))
+    {
         row.print();
     }
     if runc.is_some() {
         println!(
-            "runc envd p50 / firkin create p50: {:.2}x; runc /bin/true p50 / firkin create p50: \
-             {:.2}x",
+            "runc envd p50 / firkin create p50: {:.2}x cold, {:.2}x warm; runc /bin/true p50 / \
+             firkin create p50: {:.2}x cold",
             rows[2].p(0.50).as_secs_f64() / rows[0].p(0.50).as_secs_f64(),
+            rows[2].p(0.50).as_secs_f64() / warm_rows[0].p(0.50).as_secs_f64(),
             rows[4].p(0.50).as_secs_f64() / rows[0].p(0.50).as_secs_f64(),
         );
     }
@@ -270,22 +343,61 @@ async fn measure(
     Ok(())
 }
 
+/// `BURST` creates one right after another (the warm pool drains after its first few), then
+/// their deletes, until `n` creates are timed.
+async fn burst_creates(
+    driver: &NamespaceDriver,
+    ports: &PortRegistry,
+    live: &Live,
+    n: usize,
+) -> BenchResult<Vec<Duration>> {
+    let mut creates = Vec::with_capacity(n);
+    while creates.len() < n {
+        // Each burst starts with a full pool, as after a quiet spell.
+        driver.wait_warm(Duration::from_secs(30)).await;
+        let mut ids = Vec::with_capacity(BURST);
+        for _ in 0..BURST.min(n - creates.len()) {
+            let request = request();
+            let id = request.sandbox_id().as_str().to_owned();
+            live.add_sandbox(&id);
+            let started = Instant::now();
+            driver.create(&request, ports).await?;
+            creates.push(started.elapsed());
+            ids.push(id);
+        }
+        for id in &ids {
+            driver.delete(id, None).await?;
+            ports.remove_sandbox(id);
+            live.remove_sandbox(id);
+        }
+    }
+    Ok(creates)
+}
+
 fn request() -> SingleNodeCreateRequest {
     SingleNodeCreateRequest::new("base", SandboxResources::from_mib(1, 256))
 }
 
-/// One firkin create (until envd answers) and delete; returns their times.
+/// The phases a driver reported for its creates, by name.
+type Phases = std::collections::BTreeMap<&'static str, Vec<Duration>>;
+
+/// One firkin create (until envd answers) and delete; returns their times and adds the
+/// create's phases to `phases`.
 async fn create_and_delete(
     driver: &NamespaceDriver,
     ports: &PortRegistry,
     live: &Live,
+    phases: &mut Phases,
 ) -> BenchResult<(Duration, Duration)> {
     let request = request();
     let id = request.sandbox_id().as_str().to_owned();
     live.add_sandbox(&id);
     let started = Instant::now();
-    driver.create(&request, ports).await?;
+    let created = driver.create(&request, ports).await?;
     let made = started.elapsed();
+    for (name, took) in created.phases {
+        phases.entry(name).or_default().push(took);
+    }
     let started = Instant::now();
     driver.delete(&id, None).await?;
     let removed = started.elapsed();
@@ -704,6 +816,10 @@ async fn clean_up(
             problems.push(format!("delete {id}: {error}"));
         }
     }
+    // Its warm sandboxes and spare slots go (as when the daemon stops).
+    if let Err(error) = driver.shutdown().await {
+        problems.push(format!("driver shutdown: {error}"));
+    }
     let layout = CgroupLayout::detect()?;
     for name in lock(&live.cgroups).drain(..) {
         if let Err(error) = SandboxCgroup::reclaim(&layout, &name) {
@@ -730,7 +846,8 @@ async fn clean_up(
         problems.push(format!("{sandbox_dirs} sandbox directories left"));
     }
     drop(driver);
-    // The pool's own spare slots go with it.
+    // The pool's own spare slots go with it, as do its table and its namespace directory's
+    // mount.
     if let Err(error) = firkin_linux::net::reclaim_leftovers(&config.net, &[]).await {
         problems.push(format!("reclaim slots: {error}"));
     }

@@ -5,10 +5,14 @@
 //! (overlay upper and work, its own `/etc/hosts` and `/etc/hostname`), its cgroup with the
 //! requested limits, a slot from the pool, the launch (see [`crate::sandbox`]), then the wait
 //! until envd answers `/health` on the slot's address, and the env vars pushed through
-//! `/init`. Delete kills the cgroup, releases the slot and removes the directories; it is
-//! idempotent. The runtime handle (PID 1 and its start time, cgroup, slot, directory) is what
-//! a new daemon re-adopts; whatever else carries firkin's names (cgroups, sandbox
-//! directories, slots) is reclaimed when the driver starts.
+//! `/init`. Most creates skip all but the last step: they hand out a sandbox of the warm pool
+//! (see [`crate::warm`]), started ahead in the same way, after writing the request's limits,
+//! hostname and egress into it; with the pool empty, a create starts its own.
+//!
+//! Delete kills the cgroup, releases the slot and removes the directories; it is idempotent.
+//! The runtime handle (PID 1 and its start time, cgroup, slot, directory) is what a new
+//! daemon re-adopts; whatever else carries firkin's names in its state directory (cgroups,
+//! sandbox directories, warm sandboxes, slots) is reclaimed when the driver starts.
 //!
 //! The host's `/usr` reaches sandboxes through an idmapped view made once when the driver
 //! starts (see [`crate::idmap`]): host root's files appear owned by the sandbox's root, so
@@ -21,7 +25,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -37,6 +41,7 @@ use crate::net::{NetConfig, Slot, SlotPool};
 use crate::rootfs::{BaseTemplate, HostFacts, MountSpec, mounts_for};
 use crate::sandbox::spawn::{IdMap, launch};
 use crate::sandbox::{InitSpec, LayerMount};
+use crate::warm::WarmPool;
 
 /// envd's port inside every sandbox.
 pub const ENVD_PORT: u16 = 49983;
@@ -60,32 +65,46 @@ pub struct NamespaceConfig {
     pub pids_max: u64,
     /// Whether sandboxes of `base` run with `no_new_privs` (then `sudo` does not work).
     pub no_new_privs: bool,
+    /// How many sandboxes are kept started ahead, so that a create only hands one out
+    /// (see [`crate::warm`]); 0 makes every create start its sandbox.
+    pub warm_pool: usize,
 }
 
 impl NamespaceConfig {
-    /// Defaults for state under `state_dir`, with the given binaries.
+    /// Defaults for state under `state_dir` (network namespaces in `<state_dir>/netns`), with
+    /// the given binaries.
     #[must_use]
     pub fn new(
         state_dir: impl Into<PathBuf>,
         envd_binary: impl Into<PathBuf>,
         init_helper: impl Into<PathBuf>,
     ) -> Self {
+        let state_dir: PathBuf = state_dir.into();
+        // The slots' namespace files live with the state: another state directory is another
+        // slot pool instance (its own veth names and nftables table).
+        let net = NetConfig {
+            netns_dir: std::path::absolute(&state_dir)
+                .unwrap_or_else(|_| state_dir.clone())
+                .join("netns"),
+            ..NetConfig::default()
+        };
         Self {
-            state_dir: state_dir.into(),
+            state_dir,
             envd_binary: envd_binary.into(),
             init_helper: init_helper.into(),
             id_shift: 100_000,
-            net: NetConfig::default(),
+            net,
             ready_timeout: Duration::from_secs(10),
             pids_max: 4096,
             no_new_privs: false,
+            warm_pool: 2,
         }
     }
 }
 
 /// What a new daemon needs to find a sandbox again.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-struct Handle {
+pub(crate) struct Handle {
     pid1: u32,
     start_time: u64,
     cgroup: CgroupHandle,
@@ -93,17 +112,32 @@ struct Handle {
     dir: PathBuf,
 }
 
+/// A sandbox whose envd answers, not yet handed to the backend.
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub(crate) handle: Handle,
+    token: String,
+    phases: Vec<(&'static str, Duration)>,
+}
+
 /// The Linux namespaces driver.
 #[derive(Debug)]
 pub struct NamespaceDriver {
-    config: NamespaceConfig,
+    core: Arc<Core>,
+    warm: WarmPool,
+    live: Mutex<HashMap<String, Handle>>,
+}
+
+/// What starting and tearing down a sandbox needs, shared with the warm pool's filler.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) config: NamespaceConfig,
     layout: CgroupLayout,
     slots: SlotPool,
     template: BaseTemplate,
     /// The host directories mounted over the template's root, each with its idmapped view
     /// (`None` where idmapping is not available).
     host_layers: Vec<(MountSpec, Option<IdmappedMount>)>,
-    live: Mutex<HashMap<String, Handle>>,
 }
 
 fn launch_failed(what: impl std::fmt::Display) -> Error {
@@ -113,7 +147,7 @@ fn launch_failed(what: impl std::fmt::Display) -> Error {
 impl NamespaceDriver {
     /// A driver: builds (or reuses) the `base` template, detects cgroups and starts the slot
     /// pool, keeping the slots of `surviving` sandboxes (their stored handles) and reclaiming
-    /// every other firkin slot.
+    /// every other slot of its own pool instance, then starts filling the warm pool.
     ///
     /// # Errors
     ///
@@ -138,12 +172,17 @@ impl NamespaceDriver {
         let slots = SlotPool::start(config.net.clone(), &keep)
             .await
             .map_err(launch_failed)?;
-        Ok(Self {
+        let warm_size = config.warm_pool;
+        let core = Arc::new(Core {
             config,
             layout,
             slots,
             template,
             host_layers,
+        });
+        Ok(Self {
+            warm: WarmPool::start(Arc::clone(&core), warm_size),
+            core,
             live: Mutex::new(HashMap::new()),
         })
     }
@@ -164,12 +203,29 @@ impl NamespaceDriver {
         Self::new(config, &handles).await
     }
 
-    fn sandbox_dir(&self, id: &str) -> PathBuf {
-        self.config.state_dir.join("sandboxes").join(id)
+    /// How many warm sandboxes are ready to be handed out now.
+    #[must_use]
+    pub fn warm_ready(&self) -> usize {
+        self.warm.ready()
     }
 
-    fn prepare_dirs(&self, id: &str) -> std::io::Result<PathBuf> {
-        let dir = self.sandbox_dir(id);
+    /// Waits until the warm pool holds `config.warm_pool` sandboxes or `timeout` passes;
+    /// returns whether it is full (benchmarks and tests start from a known state).
+    pub async fn wait_warm(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.warm.ready() < self.core.config.warm_pool {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
+    }
+}
+
+impl Core {
+    fn prepare_dirs(&self, name: &str) -> std::io::Result<PathBuf> {
+        let dir = self.config.state_dir.join("sandboxes").join(name);
         let shift = self.config.id_shift;
         for sub in ["upper/etc", "work", "root"] {
             std::fs::create_dir_all(dir.join(sub))?;
@@ -180,10 +236,10 @@ impl NamespaceDriver {
                 std::os::unix::fs::lchown(path, Some(shift), Some(shift))?;
             }
         }
-        std::fs::write(dir.join("upper/etc/hosts"), crate::rootfs::hosts_file(id))?;
+        std::fs::write(dir.join("upper/etc/hosts"), crate::rootfs::hosts_file(name))?;
         std::fs::write(
             dir.join("upper/etc/hostname"),
-            crate::rootfs::hostname_file(id),
+            crate::rootfs::hostname_file(name),
         )?;
         for path in [
             "upper",
@@ -219,7 +275,182 @@ impl NamespaceDriver {
             .collect()
     }
 
-    async fn teardown(&self, handle: &Handle) -> Result<()> {
+    /// A whole new sandbox named `name` (its hostname, cgroup and directory name), returned
+    /// once its envd answers. Whatever was made is undone if a step fails.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        name: &str,
+        limits: &CgroupLimits,
+        internet_access: bool,
+    ) -> Result<Started> {
+        // File system and cgroup work off the async workers: the warm pool's filler runs
+        // this beside the daemon's requests.
+        let core = Arc::clone(self);
+        let (owned_name, owned_limits) = (name.to_owned(), *limits);
+        let (dir, cgroup, mut phases) = tokio::task::spawn_blocking(move || {
+            let began = Instant::now();
+            let dir = core.prepare_dirs(&owned_name).map_err(launch_failed)?;
+            let dirs = began.elapsed();
+            match SandboxCgroup::create(&core.layout, &owned_name, &owned_limits) {
+                Ok(cgroup) => Ok((
+                    dir,
+                    cgroup,
+                    vec![("dirs", dirs), ("cgroup", began.elapsed() - dirs)],
+                )),
+                Err(error) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    Err(launch_failed(error))
+                }
+            }
+        })
+        .await
+        .map_err(launch_failed)??;
+        let step = Instant::now();
+        let slot = match self.slots.take(internet_access).await {
+            Ok(slot) => slot,
+            Err(error) => {
+                let _ = cgroup.remove();
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(launch_failed(error));
+            }
+        };
+        let token = random_token();
+        // envd's commands rank above envd itself for the OOM killer (see
+        // `sandbox::spawn::envd_oom_protection`).
+        let child_oom_score_adj = crate::sandbox::spawn::envd_oom_protection()
+            .child_oom_score_adj()
+            .to_string();
+        let spec = InitSpec {
+            hostname: name.to_owned(),
+            netns: Some(slot.netns_path.clone()),
+            lower_dirs: vec![self.template.rootfs()],
+            upper_dir: dir.join("upper"),
+            work_dir: dir.join("work"),
+            root_dir: dir.join("root"),
+            layers: self.layers(&dir),
+            no_new_privs: self.config.no_new_privs,
+            envd_binary: self.config.envd_binary.clone(),
+            envd_args: [
+                "--listen",
+                "0.0.0.0:49983",
+                "--access-token",
+                &token,
+                "--default-user",
+                "user",
+                "--child-oom-score-adj",
+                &child_oom_score_adj,
+            ]
+            .map(String::from)
+            .to_vec(),
+            envd_env: vec![],
+        };
+        let helper = self.config.init_helper.clone();
+        let ids = IdMap {
+            host_start: self.config.id_shift,
+            count: 65_536,
+        };
+        let procs = cgroup.procs_paths();
+        let address = SocketAddr::new(slot.sandbox_ip.into(), ENVD_PORT);
+        let timeout = self.config.ready_timeout;
+        phases.push(("slot", step.elapsed()));
+        let launched = tokio::task::spawn_blocking(move || {
+            let began = Instant::now();
+            let launched = launch(&helper, &spec, ids, &procs).map_err(launch_failed)?;
+            let launch_time = began.elapsed();
+            if !envd_probe::wait_until_healthy(address, timeout, envd_probe::READY_POLL) {
+                return Err(launch_failed(format!(
+                    "envd did not answer within {timeout:?}"
+                )));
+            }
+            Ok((
+                launched,
+                launch_time,
+                began.elapsed().saturating_sub(launch_time),
+            ))
+        })
+        .await
+        .map_err(launch_failed)
+        .and_then(|launched| launched);
+        let (launched, launch_time, ready) = match launched {
+            Ok(launched) => launched,
+            Err(error) => {
+                let _ = cgroup.remove();
+                let _ = self.slots.release(slot).await;
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(error);
+            }
+        };
+        // launch: the helper until PID 1 exists; envd_ready: until envd answers.
+        phases.push(("launch", launch_time));
+        phases.push(("envd_ready", ready));
+        Ok(Started {
+            handle: Handle {
+                pid1: launched.pid1,
+                start_time: start_time(launched.pid1).unwrap_or_default(),
+                cgroup: cgroup.handle().clone(),
+                slot,
+                dir,
+            },
+            token,
+            phases,
+        })
+    }
+
+    /// Makes the warm sandbox `warm` the sandbox `id`: the request's limits, hostname and
+    /// egress, and envd still answering. On failure it is torn down.
+    async fn claim(
+        &self,
+        mut warm: Started,
+        id: &str,
+        limits: &CgroupLimits,
+        internet_access: bool,
+    ) -> Result<Started> {
+        let began = Instant::now();
+        let handle = warm.handle.clone();
+        let hostname = id.to_owned();
+        let limits = *limits;
+        let identity = tokio::task::spawn_blocking(move || {
+            SandboxCgroup::open(handle.cgroup.clone())
+                .and_then(|cgroup| cgroup.set_limits(&limits))
+                .map_err(launch_failed)?;
+            crate::sandbox::identity::set_hostname(handle.pid1, &hostname)
+                .map_err(|error| launch_failed(format!("set the hostname: {error}")))
+        })
+        .await
+        .map_err(launch_failed)
+        .and_then(|set| set);
+        let egress = match identity {
+            Ok(()) if warm.handle.slot.internet_access != internet_access => warm
+                .handle
+                .slot
+                .set_internet_access(internet_access)
+                .await
+                .map_err(launch_failed),
+            other => other,
+        };
+        let claimed = began.elapsed();
+        let address = SocketAddr::new(warm.handle.slot.sandbox_ip.into(), ENVD_PORT);
+        let answering = match egress {
+            Ok(()) => tokio::task::spawn_blocking(move || envd_probe::is_healthy(address))
+                .await
+                .unwrap_or(false),
+            Err(error) => {
+                let _ = self.teardown(&warm.handle).await;
+                return Err(error);
+            }
+        };
+        if !answering {
+            let _ = self.teardown(&warm.handle).await;
+            return Err(launch_failed("the warm sandbox's envd stopped answering"));
+        }
+        warm.phases = vec![
+            ("claim", claimed),
+            ("envd_ready", began.elapsed() - claimed),
+        ];
+        Ok(warm)
+    }
+
+    pub(crate) async fn teardown(&self, handle: &Handle) -> Result<()> {
         if let Ok(cgroup) = SandboxCgroup::open(handle.cgroup.clone()) {
             cgroup.remove().map_err(launch_failed)?;
         }
@@ -393,6 +624,25 @@ fn random_token() -> String {
     firkin_single_node::SandboxId::generate().to_string()
 }
 
+/// Hands the sandbox's environment variables to its envd (`/init`).
+async fn push_env(started: &Started, env: &HashMap<String, String>) -> Result<()> {
+    let body = serde_json::json!({ "envVars": env }).to_string();
+    let request = format!(
+        "POST /init HTTP/1.1\r\nHost: envd\r\nX-Access-Token: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        started.token,
+        body.len()
+    );
+    let address = SocketAddr::new(started.handle.slot.sandbox_ip.into(), ENVD_PORT);
+    let status = tokio::task::spawn_blocking(move || envd_probe::request(address, &request))
+        .await
+        .map_err(launch_failed)?;
+    if status == Some(204) {
+        Ok(())
+    } else {
+        Err(launch_failed("envd refused the sandbox's environment"))
+    }
+}
+
 #[async_trait]
 impl RuntimeDriver for NamespaceDriver {
     fn name(&self) -> &str {
@@ -411,109 +661,45 @@ impl RuntimeDriver for NamespaceDriver {
                 request.template_id()
             )));
         }
-        let mut phases = Vec::new();
-        let mut step = Instant::now();
-        let mut lap = |name: &'static str, phases: &mut Vec<(&'static str, Duration)>| {
-            phases.push((name, step.elapsed()));
-            step = Instant::now();
-        };
-        let dir = self.prepare_dirs(&id).map_err(launch_failed)?;
-        lap("dirs", &mut phases);
         let resources = request.resources();
         let limits = CgroupLimits {
             cpu_millis: Some(u64::from(resources.vcpus) * 1000),
             memory_bytes: Some(resources.memory_bytes),
-            pids_max: Some(self.config.pids_max),
+            pids_max: Some(self.core.config.pids_max),
         };
-        let cgroup = match SandboxCgroup::create(&self.layout, &id, &limits) {
-            Ok(cgroup) => cgroup,
-            Err(error) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(launch_failed(error));
-            }
+        let internet = request.allow_internet_access();
+        let warm = match self.warm.take() {
+            Some(warm) => self
+                .core
+                .claim(warm, &id, &limits, internet)
+                .await
+                .inspect_err(|error| {
+                    tracing::warn!(%error, "a warm sandbox could not be handed out; starting one");
+                })
+                .ok(),
+            None => None,
         };
-        lap("cgroup", &mut phases);
-        let slot = match self.slots.take(request.allow_internet_access()).await {
-            Ok(slot) => slot,
-            Err(error) => {
-                let _ = cgroup.remove();
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(launch_failed(error));
-            }
+        let started = match warm {
+            Some(started) => Ok(started),
+            None => self.core.start(&id, &limits, internet).await,
         };
-        let token = random_token();
-        let spec = InitSpec {
-            hostname: id.clone(),
-            netns: Some(slot.netns_path.clone()),
-            lower_dirs: vec![self.template.rootfs()],
-            upper_dir: dir.join("upper"),
-            work_dir: dir.join("work"),
-            root_dir: dir.join("root"),
-            layers: self.layers(&dir),
-            no_new_privs: self.config.no_new_privs,
-            envd_binary: self.config.envd_binary.clone(),
-            envd_args: [
-                "--listen",
-                "0.0.0.0:49983",
-                "--access-token",
-                &token,
-                "--default-user",
-                "user",
-            ]
-            .map(String::from)
-            .to_vec(),
-            envd_env: vec![],
-        };
-        let helper = self.config.init_helper.clone();
-        let ids = IdMap {
-            host_start: self.config.id_shift,
-            count: 65_536,
-        };
-        let procs = cgroup.procs_paths();
-        let address = SocketAddr::new(slot.sandbox_ip.into(), ENVD_PORT);
-        let timeout = self.config.ready_timeout;
-        let envs = request.env().clone();
-        lap("slot", &mut phases);
-        let started = tokio::task::spawn_blocking(move || {
+        self.warm.refill();
+        let mut started = started?;
+        if !request.env().is_empty() {
             let began = Instant::now();
-            let launched = launch(&helper, &spec, ids, &procs).map_err(launch_failed)?;
-            let launch_time = began.elapsed();
-            if !envd_probe::wait_until_healthy(address, timeout, envd_probe::READY_POLL) {
-                return Err(launch_failed(format!("envd did not answer within {timeout:?}")));
-            }
-            if !envs.is_empty() {
-                let body = serde_json::json!({ "envVars": envs }).to_string();
-                let request = format!(
-                    "POST /init HTTP/1.1\r\nHost: envd\r\nX-Access-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                if envd_probe::request(address, &request) != Some(204) {
-                    return Err(launch_failed("envd refused the sandbox's environment"));
-                }
-            }
-            let ready = began.elapsed().saturating_sub(launch_time);
-            Ok((launched, token, launch_time, ready))
-        })
-        .await
-        .map_err(launch_failed)?;
-        let (launched, token, launch_time, ready) = match started {
-            Ok(started) => started,
-            Err(error) => {
-                let _ = cgroup.remove();
-                let _ = self.slots.release(slot).await;
-                let _ = std::fs::remove_dir_all(&dir);
+            if let Err(error) = push_env(&started, request.env()).await {
+                let _ = self.core.teardown(&started.handle).await;
                 return Err(error);
             }
-        };
-        let handle = Handle {
-            pid1: launched.pid1,
-            start_time: start_time(launched.pid1).unwrap_or_default(),
-            cgroup: cgroup.handle().clone(),
-            slot: slot.clone(),
-            dir,
-        };
+            started.phases.push(("env", began.elapsed()));
+        }
+        let Started {
+            handle,
+            token,
+            phases,
+        } = started;
         let runtime_handle = RuntimeHandle(serde_json::to_string(&handle).map_err(launch_failed)?);
-        ports.route_all_ports(&id, slot.sandbox_ip.into());
+        ports.route_all_ports(&id, handle.slot.sandbox_ip.into());
         self.live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -524,13 +710,7 @@ impl RuntimeDriver for NamespaceDriver {
             traffic_access_token: None,
             envd_version: None,
             runtime_handle: Some(runtime_handle),
-            phases: {
-                // launch: the helper until PID 1 exists; envd_ready: until envd answers (and
-                // took the sandbox's environment).
-                phases.push(("launch", launch_time));
-                phases.push(("envd_ready", ready));
-                phases
-            },
+            phases,
         })
     }
 
@@ -545,7 +725,7 @@ impl RuntimeDriver for NamespaceDriver {
             // Nothing was ever made, or it is already gone: deleting is done.
             None => return Ok(()),
         };
-        self.teardown(&handle).await
+        self.core.teardown(&handle).await
     }
 
     async fn adopt(
@@ -561,7 +741,7 @@ impl RuntimeDriver for NamespaceDriver {
             && SandboxCgroup::open(handle.cgroup.clone()).is_ok();
         if !alive {
             // Whatever is left of it goes.
-            self.teardown(&handle).await?;
+            self.core.teardown(&handle).await?;
             return Ok(false);
         }
         ports.route_all_ports(sandbox_id, handle.slot.sandbox_ip.into());
@@ -577,14 +757,17 @@ impl RuntimeDriver for NamespaceDriver {
     }
 
     async fn shutdown(&self) -> Result<()> {
-        self.slots.shutdown().await.map_err(launch_failed)
+        // The warm sandboxes first: their slots go back before the slot pool closes.
+        let warm = self.warm.shutdown().await;
+        let slots = self.core.slots.shutdown().await.map_err(launch_failed);
+        warm.and(slots)
     }
 
     async fn metrics(&self, sandbox_id: &str) -> Result<RuntimeMetrics> {
         let cgroup = self.cgroup_of(sandbox_id)?;
         let measure =
             |error| Error::RuntimeCommandFailed(format!("metrics of {sandbox_id}: {error}"));
-        let dir = self.sandbox_dir(sandbox_id);
+        let dir = self.sandbox_path(sandbox_id);
         let disk_used_bytes = tokio::task::spawn_blocking(move || disk_usage(&dir))
             .await
             .unwrap_or(0);
@@ -602,26 +785,40 @@ impl RuntimeDriver for NamespaceDriver {
 }
 
 impl NamespaceDriver {
-    fn cgroup_of(&self, sandbox_id: &str) -> Result<SandboxCgroup> {
-        let handle = self
-            .live
+    fn live_handle(&self, sandbox_id: &str) -> Option<Handle> {
+        self.live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(sandbox_id)
-            .map(|handle| handle.cgroup.clone())
-            .ok_or_else(|| Error::SandboxNotFound(sandbox_id.to_owned()))?;
-        SandboxCgroup::open(handle).map_err(launch_failed)
+            .cloned()
     }
 
-    /// The directory holding a sandbox's overlay layers.
+    fn cgroup_of(&self, sandbox_id: &str) -> Result<SandboxCgroup> {
+        let handle = self
+            .live_handle(sandbox_id)
+            .ok_or_else(|| Error::SandboxNotFound(sandbox_id.to_owned()))?;
+        SandboxCgroup::open(handle.cgroup).map_err(launch_failed)
+    }
+
+    /// The directory holding a live sandbox's overlay layers (named after the sandbox, or
+    /// after the warm sandbox it was handed out as); where it would be for an unknown id.
     #[must_use]
     pub fn sandbox_path(&self, sandbox_id: &str) -> PathBuf {
-        self.sandbox_dir(sandbox_id)
+        self.live_handle(sandbox_id).map_or_else(
+            || {
+                self.core
+                    .config
+                    .state_dir
+                    .join("sandboxes")
+                    .join(sandbox_id)
+            },
+            |handle| handle.dir,
+        )
     }
 
     /// Where the state lives.
     #[must_use]
     pub fn state_dir(&self) -> &Path {
-        &self.config.state_dir
+        &self.core.config.state_dir
     }
 }

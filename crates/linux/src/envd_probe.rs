@@ -24,15 +24,18 @@ pub fn request(address: SocketAddr, request: &str) -> Option<u16> {
         .ok()
 }
 
+const HEALTH: &str = "GET /health HTTP/1.1\r\nHost: envd\r\nConnection: close\r\n\r\n";
+
+/// Whether envd answers `GET /health` with 204 now.
+pub fn is_healthy(address: SocketAddr) -> bool {
+    request(address, HEALTH) == Some(204)
+}
+
 /// `GET /health` every `poll` until it answers 204 (`true`) or `timeout` passes (`false`).
 pub fn wait_until_healthy(address: SocketAddr, timeout: Duration, poll: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if request(
-            address,
-            "GET /health HTTP/1.1\r\nHost: envd\r\nConnection: close\r\n\r\n",
-        ) == Some(204)
-        {
+        if is_healthy(address) {
             return true;
         }
         std::thread::sleep(poll);

@@ -15,3 +15,4 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
 pub mod sys;
+pub mod warm;

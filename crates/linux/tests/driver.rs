@@ -1,7 +1,7 @@
 //! The Linux driver under the real backend: create a `base` sandbox (cgroup, slot, template,
 //! envd as PID 1), run commands in it with its env vars and default user, pause and resume
 //! it, delete it, and leave nothing behind. Needs root, nftables and a built envd; skips
-//! with a message otherwise.
+//! with a message otherwise. The same for a sandbox handed out from the warm pool.
 
 mod common;
 
@@ -20,13 +20,15 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn create_run_pause_delete_and_nothing_leaks() {
-        let Some(harness) = common::harness(
+        let Some(mut harness) = common::harness(
             "driver test",
             "10.201.0.0/16",
             env!("CARGO_BIN_EXE_firkin-sandbox-init"),
         ) else {
             return;
         };
+        // Every create starts its sandbox here (the warm path has a test of its own).
+        harness.config.warm_pool = 0;
         let state = &harness.state;
         // Leftovers of a daemon that died half-way: a sandbox cgroup and a sandbox directory.
         let layout = firkin_linux::cgroup::CgroupLayout::detect().unwrap();
@@ -117,7 +119,117 @@ mod tests {
             std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_millis(200))
                 .is_err()
         );
+        backend.shutdown().await.unwrap();
         drop(backend);
+        harness.assert_nothing_left(&[id], &[pid1]).await;
+    }
+
+    /// Reads a limit file of the sandbox's cgroup (v1: in the controller's directory).
+    fn limit(handle: &serde_json::Value, v1: (&str, &str), v2: &str) -> String {
+        let paths = &handle["cgroup"]["paths"];
+        let path = match paths.get("unified") {
+            Some(dir) => Path::new(dir.as_str().unwrap()).join(v2),
+            None => Path::new(paths[v1.0].as_str().unwrap()).join(v1.1),
+        };
+        std::fs::read_to_string(&path).unwrap().trim().to_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_warm_sandbox_becomes_the_requested_one() {
+        let Some(mut harness) = common::harness(
+            "warm pool test",
+            "10.209.0.0/16",
+            env!("CARGO_BIN_EXE_firkin-sandbox-init"),
+        ) else {
+            return;
+        };
+        harness.config.warm_pool = 2;
+        // The default egress is allowed: the sandbox asks for none, so its slot changes.
+        harness.config.net.default_internet_access = true;
+        let store = firkin_single_node::StateStore::open(harness.state.path().join("db")).unwrap();
+        let driver = std::sync::Arc::new(
+            firkin_linux::driver::NamespaceDriver::for_state(harness.config.clone(), &store)
+                .await
+                .unwrap(),
+        );
+        assert!(
+            driver.wait_warm(std::time::Duration::from_secs(10)).await,
+            "the warm pool did not fill"
+        );
+        let backend = firkin_single_node::SingleNodeBackend::builder(
+            firkin_single_node::SingleNodeConfig::new(harness.state.path().join("db")),
+            driver.clone(),
+        )
+        .state(store)
+        .disk_guard(firkin_single_node::DiskPressureGuard::with_probe(
+            harness.state.path(),
+            0,
+            0,
+            std::sync::Arc::new(firkin_single_node::StatvfsDiskProbe),
+        ))
+        .build()
+        .await
+        .unwrap();
+
+        let sandbox = backend
+            .create(
+                SingleNodeCreateRequest::new("base", SandboxResources::from_mib(1, 192))
+                    .with_env("GREETING", "warm hello")
+                    .with_internet_access(false),
+            )
+            .await
+            .unwrap();
+        let id = sandbox.sandbox_id().to_owned();
+        let pid1 = common::host_pid1(&sandbox);
+        let handle: serde_json::Value =
+            serde_json::from_str(&sandbox.record().runtime_handle.as_ref().unwrap().0).unwrap();
+        assert!(
+            handle["dir"].as_str().unwrap().contains("/sandboxes/warm-"),
+            "not handed out from the warm pool: {handle}"
+        );
+        assert_eq!(
+            driver.sandbox_path(&id),
+            Path::new(handle["dir"].as_str().unwrap())
+        );
+        let token = sandbox.record().envd_access_token.clone().unwrap();
+        let address = backend.ports().target(&id, 49983).unwrap();
+        let out = run(
+            address,
+            &token,
+            "echo $GREETING; whoami; hostname; cat /etc/hostname; grep -c \"$(hostname)\" /etc/hosts; uname -n",
+        );
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            [
+                "warm hello",
+                "user",
+                id.as_str(),
+                id.as_str(),
+                "1",
+                id.as_str()
+            ],
+            "{out}"
+        );
+        // The request's limits, not the pool's.
+        assert_eq!(
+            limit(&handle, ("memory", "memory.limit_in_bytes"), "memory.max"),
+            (192_u64 << 20).to_string()
+        );
+        let cpu = limit(&handle, ("cpu", "cpu.cfs_quota_us"), "cpu.max");
+        assert!(cpu == "100000" || cpu == "100000 100000", "cpu limit {cpu}");
+        assert_eq!(handle["slot"]["internet_access"], false, "{handle}");
+        // The phases say which path was taken.
+        let phases = backend.create_phases();
+        assert!(phases.contains_key("claim"), "{:?}", phases.keys());
+        assert!(!phases.contains_key("launch"), "{:?}", phases.keys());
+
+        // The pool refills behind the create.
+        assert!(driver.wait_warm(std::time::Duration::from_secs(10)).await);
+        backend.delete(&id).await.unwrap();
+        backend.shutdown().await.unwrap();
+        assert_eq!(driver.warm_ready(), 0, "shutdown left warm sandboxes");
+        drop(backend);
+        drop(driver);
         harness.assert_nothing_left(&[id], &[pid1]).await;
     }
 }

@@ -185,6 +185,7 @@ mod tests {
         for result in futures::future::join_all(deletes).await {
             result.expect("delete");
         }
+        backend.shutdown().await.unwrap();
         drop(backend);
         harness.assert_nothing_left(&ids, &host_pids).await;
     }

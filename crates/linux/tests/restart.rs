@@ -38,7 +38,6 @@ mod tests {
         backend.pause(paused.sandbox_id()).await.unwrap();
         // Built by the driver, never recorded: what a daemon killed inside create leaves.
         let half = request();
-        let half_id = half.sandbox_id().as_str().to_owned();
         let made = backend
             .driver()
             .create(&half, &PortRegistry::default())
@@ -46,8 +45,10 @@ mod tests {
             .unwrap();
         let handle: serde_json::Value =
             serde_json::from_str(&made.runtime_handle.unwrap().0).unwrap();
+        // Its cgroup and directory name: the id, or the warm sandbox's it was handed out as.
+        let half_name = handle["cgroup"]["name"].as_str().unwrap();
         println!(
-            "READY {} {} {half_id} {} {} {}",
+            "READY {} {} {half_name} {} {} {}",
             running.sandbox_id(),
             paused.sandbox_id(),
             common::host_pid1(&running),
@@ -132,6 +133,7 @@ mod tests {
         for id in [running, paused] {
             backend.delete(id).await.unwrap();
         }
+        backend.shutdown().await.unwrap();
         drop(backend);
         let ids = [running, paused, half].map(str::to_owned);
         harness.assert_nothing_left(&ids, &pids).await;

@@ -189,6 +189,18 @@ impl SandboxCgroup {
         Ok(Self { handle })
     }
 
+    /// Writes `limits` into the existing cgroup (a cgroup made ahead of its sandbox gets its
+    /// sandbox's limits when it is handed out). `None` leaves a resource as it is. Lowering
+    /// memory below what the cgroup already uses fails with the kernel's error.
+    pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        limits.validate()?;
+        let plan = match self.handle.version {
+            CgroupVersion::V1 => v1::plan(limits),
+            CgroupVersion::V2 => v2::plan(limits),
+        };
+        apply(&self.handle, &plan)
+    }
+
     /// Re-opens an existing sandbox cgroup (re-adoption after a daemon restart).
     ///
     /// Refuses handles whose paths are not `<...>/firkin/<name>`, and fails with

@@ -23,6 +23,7 @@
 //!
 //! Any failure is reported as `err <message>` on the status pipe.
 
+pub mod identity;
 pub mod init;
 pub mod spawn;
 pub mod spec;

@@ -197,8 +197,9 @@ impl Harness {
         backend_at(self.state.path(), self.config.clone()).await
     }
 
-    /// After the backend is dropped: nothing of the sandboxes named `ids`, with PID 1s `pids`,
-    /// is left: processes, cgroups, directories, mounts under the state directory, network
+    /// After the backend is shut down (which tears down the warm sandboxes) and dropped:
+    /// nothing of the sandboxes named `ids`, with PID 1s `pids`, is left: processes, cgroups,
+    /// directories (no sandbox directory at all), mounts under the state directory, network
     /// slots (the pool's spare slots are reclaimed first, as the next daemon would).
     pub async fn assert_nothing_left(&self, ids: &[String], pids: &[u32]) {
         for pid in pids {
@@ -215,21 +216,19 @@ impl Harness {
                 "directory of {id} left behind"
             );
         }
+        let dirs: Vec<_> = std::fs::read_dir(self.state.path().join("sandboxes"))
+            .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(dirs.is_empty(), "sandbox directories left behind: {dirs:?}");
         firkin_linux::net::reclaim_leftovers(&self.config.net, &[])
             .await
             .unwrap();
         let net = firkin_linux::net::find_leftovers(&self.config.net, &[]).unwrap();
         assert!(net.is_empty(), "network slots left behind: {net:?}");
         let state = self.state.path().display().to_string();
+        // The reclaim also unmounted the pool's namespace directory (a bind mount of itself).
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        // The pool's namespace directory is a mount point of its own (as `ip netns` makes
-        // /run/netns); it holds no sandbox and goes with the harness.
-        let netns_dir = self.config.net.netns_dir.display().to_string();
-        let left: Vec<&str> = mounts
-            .lines()
-            .filter(|l| l.contains(&state))
-            .filter(|l| l.split(' ').nth(4) != Some(netns_dir.as_str()))
-            .collect();
+        let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&state)).collect();
         assert!(left.is_empty(), "mounts left behind: {left:#?}");
     }
 }
