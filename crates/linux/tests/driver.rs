@@ -210,6 +210,19 @@ mod tests {
             ],
             "{out}"
         );
+        // The hostname was set from inside the sandbox's UTS namespace: no thread of this
+        // process (the driver's) stayed there.
+        let own = std::fs::read_link("/proc/self/ns/uts").unwrap();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            if let Ok(uts) = std::fs::read_link(task.path().join("ns/uts")) {
+                assert_eq!(
+                    uts,
+                    own,
+                    "thread {:?} is in another UTS namespace",
+                    task.file_name()
+                );
+            }
+        }
         // The request's limits, not the pool's.
         assert_eq!(
             limit(&handle, ("memory", "memory.limit_in_bytes"), "memory.max"),
