@@ -4,6 +4,8 @@ otherwise script). Call by call, interleaved:
 
   firkin: Sandbox.create() then commands.run("echo hi")   (create + first command)
           sandbox.kill()                                   (kill)
+          once against a daemon with its default warm pool (2 sandboxes started ahead) and
+          once against a second daemon with --warm-pool 0 (every create starts its sandbox)
   runc:   runc run of a busybox bundle running `echo hi`   (create + first command + delete)
 
 Run (as root, after scripts/bench-runc-setup and a release build):
@@ -62,7 +64,7 @@ def busybox_bundle(root: pathlib.Path) -> pathlib.Path:
     return bundle
 
 
-def start_daemon(state: pathlib.Path):
+def start_daemon(state: pathlib.Path, extra: list[str]):
     firkin = REPO / "target/release/firkin"
     envd = REPO / "target/x86_64-unknown-linux-gnu/envd/firkin-envd"
     for binary in (firkin, envd):
@@ -73,18 +75,14 @@ def start_daemon(state: pathlib.Path):
         port = s.getsockname()[1]
     process = subprocess.Popen(
         [str(firkin), "serve", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}",
-         "--envd-bin", str(envd), "--api-key", "bench"],
+         "--envd-bin", str(envd), "--api-key", "bench", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     for line in process.stdout:
         if line.startswith("export E2B_API_KEY="):
             break
-    os.environ.update({
-        "E2B_API_URL": f"http://127.0.0.1:{port}",
-        "E2B_SANDBOX_URL": f"http://127.0.0.1:{port}",
-        "E2B_API_KEY": "bench",
-    })
-    return process
+    url = f"http://127.0.0.1:{port}"
+    return process, {"api_url": url, "sandbox_url": url, "api_key": "bench"}
 
 
 def main():
@@ -95,19 +93,27 @@ def main():
     work = pathlib.Path(tempfile.mkdtemp(prefix="firkin-sdk-bench-"))
     work.chmod(0o755)
     bundle = busybox_bundle(work)
-    daemon = start_daemon(work / "state")
+    warm, warm_params = start_daemon(work / "state", [])
+    # Its own state directory and slot range: a second slot pool instance beside the first.
+    cold, cold_params = start_daemon(work / "state-cold", ["--warm-pool", "0", "--slot-range", "10.211.0.0/16"])
     from e2b import Sandbox
 
-    create_run, kill, runc = [], [], []
+    def create_run_kill(params):
+        started = time.perf_counter()
+        sandbox = Sandbox.create(**params)
+        out = sandbox.commands.run("echo hi").stdout
+        created = time.perf_counter()
+        sandbox.kill()
+        killed = time.perf_counter()
+        assert out == "hi\n", out
+        return created - started, killed - created
+
+    create_run, kill, cold_create_run, cold_kill, runc = [], [], [], [], []
     try:
+        time.sleep(1)  # the warm pool fills
         for i in range(SAMPLES + WARMUP):
-            started = time.perf_counter()
-            sandbox = Sandbox.create()
-            out = sandbox.commands.run("echo hi").stdout
-            created = time.perf_counter()
-            sandbox.kill()
-            killed = time.perf_counter()
-            assert out == "hi\n", out
+            made, killed = create_run_kill(warm_params)
+            cold_made, cold_killed = create_run_kill(cold_params)
             started_runc = time.perf_counter()
             result = subprocess.run(
                 ["runc", "--root", str(work / "runc-state"), "run", "--bundle", str(bundle), f"bench-{i}"],
@@ -116,19 +122,25 @@ def main():
             finished_runc = time.perf_counter()
             assert result.stdout == "hi\n", (result.stdout, result.stderr)
             if i >= WARMUP:
-                create_run.append(created - started)
-                kill.append(killed - created)
+                create_run.append(made)
+                kill.append(killed)
+                cold_create_run.append(cold_made)
+                cold_kill.append(cold_killed)
                 runc.append(finished_runc - started_runc)
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=30)
+        for daemon in (warm, cold):
+            daemon.terminate()
+            daemon.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     print("| operation                                    |     n |  p50 ms |  p95 ms |  p99 ms |  max ms |")
     print("|----------------------------------------------|------:|--------:|--------:|--------:|--------:|")
     row('SDK Sandbox.create() + commands.run("echo hi")', create_run)
     row("SDK sandbox.kill()", kill)
+    row("same, --warm-pool 0: create + echo", cold_create_run)
+    row("same, --warm-pool 0: kill", cold_kill)
     row("baseline: runc run busybox `echo hi`", runc)
-    print(f"p50 ratio runc / firkin create+run: {percentile(runc, 50) / percentile(create_run, 50):.2f}")
+    print(f"p50 ratio runc / firkin create+run: {percentile(runc, 50) / percentile(create_run, 50):.2f} warm, "
+          f"{percentile(runc, 50) / percentile(cold_create_run, 50):.2f} without the warm pool")
 
 
 if __name__ == "__main__":
