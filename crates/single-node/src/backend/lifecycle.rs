@@ -28,8 +28,18 @@ impl SingleNodeBackend {
     ///
     /// [`Error::InvalidRequest`], [`Error::DiskPressure`], [`Error::CapacityRejected`],
     /// [`Error::Conflict`] for an id in use, the driver's error, or a persistence failure.
+    ///
+    /// The create runs to its end on a task of its own even if the caller stops waiting (an
+    /// HTTP client that hangs up mid-create): a create abandoned half-way would leave the
+    /// driver's work and a `Creating` record behind until the next restart. Needs a tokio
+    /// runtime.
     pub async fn create(&self, request: SingleNodeCreateRequest) -> Result<SandboxSession> {
-        self.start_sandbox(request, Origin::Template).await
+        let backend = self.clone();
+        tokio::spawn(async move { backend.start_sandbox(request, Origin::Template).await })
+            .await
+            .map_err(|error| {
+                Error::RuntimeLaunchFailed(format!("the create task failed: {error}"))
+            })?
     }
 
     pub(super) async fn start_sandbox(

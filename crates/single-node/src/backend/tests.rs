@@ -763,3 +763,28 @@ async fn a_create_whose_commit_fails_tears_down_and_leaves_a_record_for_restart(
     assert!(backend.get("late").is_err(), "reclaimed at restart");
     assert_eq!(backend.scheduler().admitted_len(), 0);
 }
+
+#[tokio::test]
+async fn a_create_the_caller_stops_waiting_for_still_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(dir.path()).await;
+    h.driver.set_delay(Some(Duration::from_millis(200)));
+    // The caller gives up while the driver is still building the sandbox.
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(50), h.backend.create(request("late"))).await;
+    assert!(
+        abandoned.is_err(),
+        "the create should still have been running"
+    );
+    // It runs to its end anyway: a Running sandbox, not a Creating record and a leak.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while h.backend.get("late").map(|s| s.state()).ok() != Some(SandboxState::Running) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the create never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.driver.live(), ["late"]);
+    assert_consistent(&h);
+}
