@@ -1,5 +1,6 @@
 //! The daemon's own Prometheus metrics (`GET /metrics`, text exposition format 0.0.4):
-//! sandboxes by state, create latency as histograms (in all and per phase), proxy traffic.
+//! sandboxes by state, the driver's pools, create latency as histograms (in all and per
+//! phase), proxy traffic.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +69,29 @@ pub fn render(state: &AppState) -> String {
             "firkin_sandboxes{{state=\"{}\"}} {n}",
             sandbox_state.as_str()
         );
+    }
+    let pools = state.backend.driver().pools();
+    let gauges = [
+        (
+            "firkin_warm_sandboxes_ready",
+            "Sandboxes started ahead, ready to be handed out by a create.",
+            pools.warm_ready,
+        ),
+        (
+            "firkin_warm_sandboxes_target",
+            "How many sandboxes the driver keeps started ahead.",
+            pools.warm_target,
+        ),
+        (
+            "firkin_spare_network_slots",
+            "Network slots prepared ahead and not in use.",
+            pools.spare_slots,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name} {value}");
     }
     let phases = state.backend.create_phases();
     let _ = writeln!(

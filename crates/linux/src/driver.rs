@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use firkin_single_node::{
     Error, PortRegistry, Result, RuntimeCreatedSandbox, RuntimeDriver, RuntimeHandle,
-    RuntimeMetrics, SingleNodeCreateRequest, StateStore,
+    RuntimeMetrics, RuntimePools, SingleNodeCreateRequest, StateStore,
 };
 
 use crate::cgroup::{CgroupHandle, CgroupLayout, CgroupLimits, SandboxCgroup};
@@ -806,6 +806,14 @@ impl RuntimeDriver for NamespaceDriver {
         let slots = self.core.slots.shutdown().await.map_err(launch_failed);
         self.core.settle_removals().await;
         warm.and(slots)
+    }
+
+    fn pools(&self) -> RuntimePools {
+        RuntimePools {
+            warm_ready: self.warm.ready(),
+            warm_target: self.core.config.warm_pool,
+            spare_slots: self.core.slots.ready(),
+        }
     }
 
     async fn metrics(&self, sandbox_id: &str) -> Result<RuntimeMetrics> {

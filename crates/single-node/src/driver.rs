@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use crate::error::{Error, Result};
 use crate::model::{
     CommandOutput, CommandRequest, RuntimeCreatedSandbox, RuntimeHandle, RuntimeMetrics,
-    RuntimeSnapshotRef, SingleNodeCreateRequest, SnapshotRecord,
+    RuntimePools, RuntimeSnapshotRef, SingleNodeCreateRequest, SnapshotRecord,
 };
 use crate::ports::PortRegistry;
 
@@ -90,6 +90,11 @@ pub trait RuntimeDriver: Send + Sync + std::fmt::Debug + 'static {
     /// What a sandbox uses now: CPU time since it started, memory, disk.
     async fn metrics(&self, sandbox_id: &str) -> Result<RuntimeMetrics> {
         Err(self.unsupported("report metrics", sandbox_id))
+    }
+
+    /// What the driver keeps ready for sandboxes to come (nothing, unless it pools).
+    fn pools(&self) -> RuntimePools {
+        RuntimePools::default()
     }
 
     /// The daemon is stopping: release what the driver keeps ready for future sandboxes

@@ -53,8 +53,9 @@ pub use error::{Error, ErrorKind, Result};
 pub use id::{GENERATED_ID_LEN, MAX_ID_LEN, SandboxId};
 pub use model::{
     CommandOutput, CommandRequest, LogEvent, LogLevel, PortRoute, RuntimeCreatedSandbox,
-    RuntimeHandle, RuntimeMetrics, RuntimeSnapshotRef, SandboxResources, SandboxSession,
-    SandboxState, SingleNodeCreateRequest, SnapshotRecord, TemplateMetadata, TimeoutAction,
+    RuntimeHandle, RuntimeMetrics, RuntimePools, RuntimeSnapshotRef, SandboxResources,
+    SandboxSession, SandboxState, SingleNodeCreateRequest, SnapshotRecord, TemplateMetadata,
+    TimeoutAction,
 };
 pub use phases::{PHASE_BUCKETS, PhaseHistogram, PhaseTimings};
 pub use ports::PortRegistry;

@@ -451,6 +451,17 @@ pub struct RuntimeMetrics {
     pub disk_used_bytes: u64,
 }
 
+/// What a driver keeps ready for sandboxes to come, as it reports it for monitoring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimePools {
+    /// Sandboxes started ahead and ready to be handed out by a create.
+    pub warm_ready: usize,
+    /// How many the driver keeps started ahead when it can.
+    pub warm_target: usize,
+    /// Network slots prepared ahead and not in use.
+    pub spare_slots: usize,
+}
+
 /// What a driver returns from `snapshot`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuntimeSnapshotRef {

@@ -55,3 +55,38 @@ def test_metrics_follow_creates_proxy_traffic_and_pauses(sandbox):
     paused = scrape()
     assert paused['firkin_sandboxes{state="paused"}'] >= 1
     assert paused['firkin_sandboxes{state="running"}'] == running - 1
+
+
+def test_metrics_show_the_warm_pool_refilling_after_a_create():
+    import time
+
+    from e2b import Sandbox
+
+    def pool():
+        samples = scrape()
+        return samples["firkin_warm_sandboxes_ready"], samples["firkin_warm_sandboxes_target"]
+
+    def wait_full():
+        deadline = time.monotonic() + 20
+        while True:
+            ready, target = pool()
+            if ready == target:
+                return
+            assert time.monotonic() < deadline, f"the warm pool stayed at {ready} of {target}"
+            time.sleep(0.05)
+
+    # The daemon runs with its default pool of 2 (and spare network slots besides).
+    assert pool()[1] == 2
+    assert "firkin_spare_network_slots" in scrape()
+    wait_full()
+    claims = 'firkin_sandbox_create_phase_seconds_count{phase="claim"}'
+    claimed_before = scrape().get(claims, 0)
+    sandbox = Sandbox.create()
+    try:
+        # With the pool full, the create handed out a warm sandbox, renamed to its id; the
+        # filler then starts another.
+        assert scrape()[claims] == claimed_before + 1
+        assert sandbox.commands.run("hostname").stdout.strip() == sandbox.sandbox_id
+        wait_full()
+    finally:
+        sandbox.kill()
