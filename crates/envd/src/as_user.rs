@@ -66,10 +66,11 @@ fn become_user(uid: Uid, gid: Gid, groups: &[Gid]) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn someone(uid: u32) -> User {
+    /// A user of the given id (and group) with no groups of its own, for tests.
+    pub(crate) fn someone(uid: u32) -> User {
         User {
             name: "someone".into(),
             uid,

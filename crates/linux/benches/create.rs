@@ -357,12 +357,8 @@ async fn burst_creates(
         driver.wait_warm(Duration::from_secs(30)).await;
         let mut ids = Vec::with_capacity(BURST);
         for _ in 0..BURST.min(n - creates.len()) {
-            let request = request();
-            let id = request.sandbox_id().as_str().to_owned();
-            live.add_sandbox(&id);
-            let started = Instant::now();
-            driver.create(&request, ports).await?;
-            creates.push(started.elapsed());
+            let (id, took) = create_timed(driver, ports, live).await?;
+            creates.push(took);
             ids.push(id);
         }
         for id in &ids {
@@ -372,6 +368,21 @@ async fn burst_creates(
         }
     }
     Ok(creates)
+}
+
+/// One create, recorded as live (for the clean-up) until the caller deletes it: its id and
+/// how long it took.
+async fn create_timed(
+    driver: &NamespaceDriver,
+    ports: &PortRegistry,
+    live: &Live,
+) -> BenchResult<(String, Duration)> {
+    let request = request();
+    let id = request.sandbox_id().as_str().to_owned();
+    live.add_sandbox(&id);
+    let started = Instant::now();
+    driver.create(&request, ports).await?;
+    Ok((id, started.elapsed()))
 }
 
 fn request() -> SingleNodeCreateRequest {
@@ -432,12 +443,8 @@ async fn idle_sandboxes(
     let mut ids = Vec::with_capacity(count);
     let mut creates = Vec::with_capacity(count);
     for _ in 0..count {
-        let request = request();
-        let id = request.sandbox_id().as_str().to_owned();
-        live.add_sandbox(&id);
-        let started = Instant::now();
-        driver.create(&request, ports).await?;
-        creates.push(started.elapsed());
+        let (id, took) = create_timed(driver, ports, live).await?;
+        creates.push(took);
         ids.push(id);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -195,3 +195,26 @@ pub fn mount_setattr_idmap(
     }
     Ok(())
 }
+
+/// Undoes `/proc/<pid>/mountinfo`'s octal escapes in one field (`\040` is a space, `\134` a
+/// backslash); the bytes of the path or option it names.
+#[must_use]
+pub fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        if let Some(d) = octal {
+            let v = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+            out.push(u8::try_from(v).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}

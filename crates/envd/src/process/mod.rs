@@ -668,17 +668,6 @@ mod tests {
         current.max(floor)
     }
 
-    fn user(uid: u32) -> User {
-        User {
-            name: "someone".into(),
-            uid,
-            gid: uid,
-            groups: vec![],
-            home: "/".into(),
-            shell: "/bin/sh".into(),
-        }
-    }
-
     /// What `cat /proc/self/oom_score_adj` prints when envd starts it as `user`, asked for
     /// `oom_score_adj`.
     async fn child_oom_score_adj(
@@ -738,7 +727,7 @@ mod tests {
                 continue;
             }
             assert_eq!(
-                child_oom_score_adj(user(uid), pty, oom_score_adj).await,
+                child_oom_score_adj(crate::as_user::tests::someone(uid), pty, oom_score_adj).await,
                 expected,
                 "{what}, asked for {oom_score_adj}"
             );

@@ -285,25 +285,9 @@ fn parse_mount_line(line: &str) -> Option<Mount> {
     })
 }
 
-/// Undoes mountinfo's octal escapes (`\040` is a space, `\134` a backslash).
+/// One mountinfo field as text.
 fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        if let Some(d) = octal {
-            let v = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
-            out.push(u8::try_from(v).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&crate::sys::unescape_mountinfo(field)).into_owned()
 }
 
 /// `/proc/self/cgroup` as (controller list, path); the v2 line has an empty list.

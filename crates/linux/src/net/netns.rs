@@ -129,28 +129,12 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         .collect()
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+/// One mountinfo field as a path.
 fn unescape(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
+    use std::os::unix::ffi::OsStringExt as _;
+    PathBuf::from(std::ffi::OsString::from_vec(
+        crate::sys::unescape_mountinfo(field),
+    ))
 }
 
 /// What is mounted at the canonical directory `dir`, per the mount table `mountinfo`.
