@@ -22,6 +22,12 @@ impl DaemonMetrics {
     }
 }
 
+/// The `# HELP` and `# TYPE` lines of one metric family.
+fn write_header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
 /// One histogram in the exposition format, `labels` inside the braces (may be empty).
 fn write_histogram(out: &mut String, name: &str, labels: &str, histogram: &PhaseHistogram) {
     let sep = if labels.is_empty() { "" } else { "," };
@@ -61,8 +67,7 @@ pub fn render(state: &AppState) -> String {
             None => break,
         }
     }
-    let _ = writeln!(out, "# HELP firkin_sandboxes Sandboxes by state.");
-    let _ = writeln!(out, "# TYPE firkin_sandboxes gauge");
+    write_header(&mut out, "firkin_sandboxes", "gauge", "Sandboxes by state.");
     for (sandbox_state, n) in by_state {
         let _ = writeln!(
             out,
@@ -89,27 +94,28 @@ pub fn render(state: &AppState) -> String {
         ),
     ];
     for (name, help, value) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
+        write_header(&mut out, name, "gauge", help);
         let _ = writeln!(out, "{name} {value}");
     }
     let phases = state.backend.create_phases();
-    let _ = writeln!(
-        out,
-        "# HELP firkin_sandbox_create_seconds Time from the create request to envd answering in the new sandbox."
+    write_header(
+        &mut out,
+        "firkin_sandbox_create_seconds",
+        "histogram",
+        "Time from the create request to envd answering in the new sandbox.",
     );
-    let _ = writeln!(out, "# TYPE firkin_sandbox_create_seconds histogram");
     write_histogram(
         &mut out,
         "firkin_sandbox_create_seconds",
         "",
         &phases.get("total").cloned().unwrap_or_default(),
     );
-    let _ = writeln!(
-        out,
-        "# HELP firkin_sandbox_create_phase_seconds Each phase of a create: the backend's admission and persist, the driver's own steps."
+    write_header(
+        &mut out,
+        "firkin_sandbox_create_phase_seconds",
+        "histogram",
+        "Each phase of a create: the backend's admission and persist, the driver's own steps.",
     );
-    let _ = writeln!(out, "# TYPE firkin_sandbox_create_phase_seconds histogram");
     for (phase, histogram) in phases.iter().filter(|(phase, _)| *phase != "total") {
         write_histogram(
             &mut out,
@@ -118,28 +124,31 @@ pub fn render(state: &AppState) -> String {
             histogram,
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP firkin_sandbox_create_failures_total Creates that failed."
+    write_header(
+        &mut out,
+        "firkin_sandbox_create_failures_total",
+        "counter",
+        "Creates that failed.",
     );
-    let _ = writeln!(out, "# TYPE firkin_sandbox_create_failures_total counter");
     let _ = writeln!(
         out,
         "firkin_sandbox_create_failures_total {}",
         state.metrics.create_failures.load(Ordering::Relaxed)
     );
     let proxy = state.proxy.stats();
-    let _ = writeln!(
-        out,
-        "# HELP firkin_proxy_requests_total Requests forwarded to sandboxes."
+    write_header(
+        &mut out,
+        "firkin_proxy_requests_total",
+        "counter",
+        "Requests forwarded to sandboxes.",
     );
-    let _ = writeln!(out, "# TYPE firkin_proxy_requests_total counter");
     let _ = writeln!(out, "firkin_proxy_requests_total {}", proxy.requests);
-    let _ = writeln!(
-        out,
-        "# HELP firkin_proxy_bytes_total Body bytes through the sandbox proxy."
+    write_header(
+        &mut out,
+        "firkin_proxy_bytes_total",
+        "counter",
+        "Body bytes through the sandbox proxy.",
     );
-    let _ = writeln!(out, "# TYPE firkin_proxy_bytes_total counter");
     let _ = writeln!(
         out,
         "firkin_proxy_bytes_total{{direction=\"to_sandbox\"}} {}",
