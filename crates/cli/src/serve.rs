@@ -192,7 +192,7 @@ async fn serve(
         None => None,
     };
     let plain = tokio::spawn(firkin_e2b::serve(listener, state, until_stopped()));
-    shutdown_signal().await;
+    firkin_envd::server::shutdown_signal().await;
     let _ = stop.send(true);
     // Requests in flight get a moment to finish; a long command stream does not hold the
     // daemon (the sandbox and its process live on).
@@ -213,21 +213,6 @@ async fn serve(
         .context("release the driver's network pool")?;
     eprintln!("firkin serve: stopped; sandboxes keep running and are re-adopted at the next start");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the daemon runs until killed.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 fn envd_binary(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {

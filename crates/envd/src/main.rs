@@ -84,24 +84,10 @@ fn main() -> anyhow::Result<()> {
             firkin_envd::process::start_template_command(&envd, &command)
                 .context("start the template's start command")?;
         }
-        firkin_envd::server::serve(listener, envd, shutdown_signal())
+        firkin_envd::server::serve(listener, envd, firkin_envd::server::shutdown_signal())
             .await
             .context("serve")
     })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 #[cfg(test)]
