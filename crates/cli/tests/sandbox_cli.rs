@@ -37,16 +37,13 @@ mod tests {
     }
 
     fn start_daemon() -> Option<Daemon> {
-        if !std::fs::metadata("/proc/self")
-            .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        {
-            eprintln!("SKIP sandbox CLI test: needs root");
+        if !firkin_test_support::root_or_skip("sandbox CLI test") {
             return None;
         }
         if !envd().exists() {
-            eprintln!(
-                "SKIP sandbox CLI test: {} not built (scripts/build-envd)",
-                envd().display()
+            firkin_test_support::skip(
+                "sandbox CLI test",
+                &format!("{} not built (scripts/build-envd)", envd().display()),
             );
             return None;
         }

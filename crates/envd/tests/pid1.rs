@@ -10,10 +10,6 @@ mod tests {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    fn is_root() -> bool {
-        rustix::process::geteuid().is_root()
-    }
-
     fn health(port: u16) -> Option<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
         stream
@@ -48,8 +44,7 @@ mod tests {
 
     #[test]
     fn pid1_reaps_orphans_and_stops_cleanly_on_sigterm() {
-        if !is_root() {
-            eprintln!("SKIP pid1 test: needs root to create a PID namespace");
+        if !firkin_test_support::root_or_skip("pid1 test") {
             return;
         }
         let port = {

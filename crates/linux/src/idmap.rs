@@ -132,8 +132,7 @@ mod tests {
 
     #[test]
     fn host_root_files_appear_as_the_shifted_id() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIP idmap test: needs root");
+        if !firkin_test_support::root_or_skip("idmap test") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -133,15 +133,14 @@ mod tests {
 
     #[test]
     fn a_sandbox_serves_envd_as_pid1_and_dies_whole() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIP launch test: needs root");
+        if !firkin_test_support::root_or_skip("launch test") {
             return;
         }
         let envd = envd_binary();
         if !envd.exists() {
-            eprintln!(
-                "SKIP launch test: {} not built (cargo build -p firkin-envd)",
-                envd.display()
+            firkin_test_support::skip(
+                "launch test",
+                &format!("{} not built (scripts/build-envd)", envd.display()),
             );
             return;
         }

@@ -74,7 +74,7 @@ except OSError as e:
             return;
         };
         if !std::path::Path::new("/usr/bin/python3").exists() {
-            eprintln!("SKIP limits test: the host has no python3 for the sandbox to run");
+            firkin_test_support::skip("limits test", "the host has no python3 for the sandbox");
             return;
         }
         harness.config.pids_max = PIDS_MAX;

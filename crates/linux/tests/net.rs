@@ -30,12 +30,7 @@ mod tests {
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
     fn root_or_skip(test: &str) -> bool {
-        if rustix::process::geteuid().is_root() {
-            true
-        } else {
-            eprintln!("SKIP {test}: needs root (network namespaces, veths, nftables)");
-            false
-        }
+        firkin_test_support::root_or_skip(test)
     }
 
     fn nft_or_skip(test: &str) -> bool {
@@ -44,7 +39,7 @@ mod tests {
             .output()
             .is_ok_and(|o| o.status.success());
         if !ok {
-            eprintln!("SKIP {test}: `nft` not installed (apt-get install nftables)");
+            firkin_test_support::skip(test, "`nft` not installed (apt-get install nftables)");
         }
         ok
     }

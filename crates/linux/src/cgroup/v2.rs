@@ -203,8 +203,7 @@ mod tests {
     /// it offers no controllers, which these verbs do not need (limits stay unset).
     #[test]
     fn real_v2_freeze_kill_remove_without_controllers() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: needs root to create cgroups");
+        if !firkin_test_support::root_or_skip("real_v2_freeze_kill_remove") {
             return;
         }
         let detected = CgroupLayout::detect().ok();
@@ -212,14 +211,20 @@ mod tests {
             .as_ref()
             .is_some_and(|l| l.version() == crate::cgroup::CgroupVersion::V1);
         let Some(layout) = detected.and_then(CgroupLayout::force_v2) else {
-            eprintln!("skipped: no cgroup v2 hierarchy holds this process");
+            firkin_test_support::skip(
+                "real_v2_freeze_kill_remove",
+                "no cgroup v2 hierarchy holds this process",
+            );
             return;
         };
         let name = format!("unit-v2-{}", std::process::id());
         let cg = match SandboxCgroup::create(&layout, &name, &CgroupLimits::default()) {
             Ok(cg) => cg,
             Err(e) => {
-                eprintln!("skipped: cannot create a v2 cgroup here: {e}");
+                firkin_test_support::skip(
+                    "real_v2_freeze_kill_remove",
+                    &format!("cannot create a v2 cgroup here: {e}"),
+                );
                 return;
             }
         };

@@ -130,8 +130,7 @@ pub fn envd_binary() -> std::path::PathBuf {
 /// A harness, or `None` (after saying why) where real sandboxes cannot be made: not root,
 /// no nftables, no envd built.
 pub fn harness(test: &str, range: &str, init_helper: &str) -> Option<Harness> {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIP {test}: needs root");
+    if !firkin_test_support::root_or_skip(test) {
         return None;
     }
     if std::process::Command::new("nft")
@@ -139,12 +138,12 @@ pub fn harness(test: &str, range: &str, init_helper: &str) -> Option<Harness> {
         .output()
         .is_err()
     {
-        eprintln!("SKIP {test}: needs nftables (nft)");
+        firkin_test_support::skip(test, "needs nftables (nft)");
         return None;
     }
     let envd = envd_binary();
     if !envd.exists() {
-        eprintln!("SKIP {test}: {} not built", envd.display());
+        firkin_test_support::skip(test, &format!("{} not built", envd.display()));
         return None;
     }
     let state = tempfile::tempdir().unwrap();
