@@ -39,6 +39,65 @@ pub enum FakeOp {
     Restore,
 }
 
+/// Calls of one [`FakeDriver`] operation held inside the driver until the test lets them
+/// go: the way to force an interleaving ("A is inside the driver, now start B") without
+/// sleeping and hoping.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    inner: Arc<GateInner>,
+}
+
+#[derive(Debug)]
+struct GateInner {
+    /// How many more calls to catch.
+    to_hold: Mutex<usize>,
+    /// How many calls have been caught so far.
+    held: tokio::sync::watch::Sender<usize>,
+    release: tokio::sync::Semaphore,
+}
+
+impl Gate {
+    fn new(calls: usize) -> Self {
+        Self {
+            inner: Arc::new(GateInner {
+                to_hold: Mutex::new(calls),
+                held: tokio::sync::watch::Sender::new(0),
+                release: tokio::sync::Semaphore::new(0),
+            }),
+        }
+    }
+
+    /// Waits until `calls` calls in all have been caught (and so are inside the driver).
+    pub async fn held(&self, calls: usize) {
+        let mut held = self.inner.held.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = held.wait_for(|&count| count >= calls).await;
+    }
+
+    /// Lets `calls` held (or yet to be held) calls go on.
+    pub fn release(&self, calls: usize) {
+        self.inner.release.add_permits(calls);
+    }
+
+    async fn pass(&self) {
+        {
+            let mut to_hold = self
+                .inner
+                .to_hold
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *to_hold == 0 {
+                return;
+            }
+            *to_hold -= 1;
+        }
+        self.inner.held.send_modify(|count| *count += 1);
+        if let Ok(permit) = self.inner.release.acquire().await {
+            permit.forget();
+        }
+    }
+}
+
 /// The fake driver. Cloning shares its table, so a test can drop a backend, keep the driver
 /// (the "sandboxes" survive, as real ones survive a daemon restart) and build a new backend.
 #[derive(Clone, Debug, Default)]
@@ -51,6 +110,7 @@ struct Inner {
     table: Mutex<Table>,
     failures: Mutex<HashMap<FakeOp, usize>>,
     delay: Mutex<Option<Duration>>,
+    gates: Mutex<HashMap<FakeOp, Gate>>,
     live_high_water: AtomicUsize,
     creates: AtomicUsize,
     deletes: AtomicUsize,
@@ -86,6 +146,19 @@ impl FakeDriver {
             .delay
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = delay;
+    }
+
+    /// Hold the next `calls` calls of `op` inside the driver (after any delay, before any
+    /// injected failure) until the returned gate releases them; later calls pass. Replaces
+    /// an earlier gate of `op`.
+    pub fn gate(&self, op: FakeOp, calls: usize) -> Gate {
+        let gate = Gate::new(calls);
+        self.inner
+            .gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(op, gate.clone());
+        gate
     }
 
     /// Ids of the sandboxes it runs, sorted.
@@ -152,6 +225,16 @@ impl FakeDriver {
         match delay {
             Some(delay) => tokio::time::sleep(delay).await,
             None => tokio::task::yield_now().await,
+        }
+        let gate = self
+            .inner
+            .gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&op)
+            .cloned();
+        if let Some(gate) = gate {
+            gate.pass().await;
         }
         let mut failures = self.lock_failures();
         if let Some(left) = failures.get_mut(&op)

@@ -36,7 +36,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
-    use firkin_single_node::testing::{FakeDriver, FakeOp};
+    use firkin_single_node::testing::{FakeDriver, FakeOp, Gate};
     use firkin_single_node::{
         ActiveSessionRecord, Clock, DiskPressureGuard, Error, ManualClock, SandboxId,
         SandboxResources, SandboxState, SingleNodeBackend, SingleNodeConfig,
@@ -867,8 +867,8 @@ mod tests {
     }
 
     /// The ordered variant of the race above: the reaper has already seen the sandbox due
-    /// when the extension takes the lock first (both queue behind a slow snapshot holding
-    /// the sandbox's lock). Re-checking under the lock, the reaper must spare it.
+    /// when the extension takes the lock first (both queue behind a snapshot held inside the
+    /// driver with the sandbox's lock). Re-checking under the lock, the reaper must spare it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_reaper_that_saw_a_sandbox_due_spares_it_once_extended() {
         let h = harness().await;
@@ -877,19 +877,21 @@ mod tests {
             .await
             .unwrap();
         h.clock.advance_ms(11_000);
-        h.driver.set_delay(Some(Duration::from_millis(100)));
+        let snapshot_gate = h.driver.gate(FakeOp::Snapshot, 1);
         let snapshot = spawn_on(&h.backend, |backend| async move {
             backend.snapshot("sbx-0", Some("hold")).await
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        held(&snapshot_gate).await;
         let extend = spawn_on(&h.backend, |backend| async move {
             backend.set_timeout("sbx-0", Duration::from_secs(600)).await
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        lock_users_reach(&h.backend, "sbx-0", 2).await;
         let reap = spawn_on(
             &h.backend,
             |backend| async move { backend.reap_due().await },
         );
+        lock_users_reach(&h.backend, "sbx-0", 3).await;
+        snapshot_gate.release(1);
         snapshot.await.unwrap().unwrap();
         let extended = extend.await.unwrap().unwrap();
         let reaped = reap.await.unwrap();
@@ -903,8 +905,31 @@ mod tests {
             SandboxState::Running
         );
         assert_eq!(h.driver.live(), ["sbx-0"]);
-        h.driver.set_delay(None);
         check_quiescent(&h.backend, &h.driver, "after the extension").unwrap();
+    }
+
+    /// Waits until `users` operations hold or await `id`'s lock: the forced order of a test.
+    /// The bound only turns a hang into a failure; it orders nothing.
+    async fn lock_users_reach(backend: &SingleNodeBackend, id: &str, users: usize) {
+        lock_users_reach_or(backend, id, users, || false).await;
+    }
+
+    /// As [`lock_users_reach`], or until `done` (the awaited operation did not queue at all:
+    /// the bug some tests look for).
+    async fn lock_users_reach_or(
+        backend: &SingleNodeBackend,
+        id: &str,
+        users: usize,
+        done: impl Fn() -> bool,
+    ) {
+        let wait = async {
+            while backend.lock_users(id) < users && !done() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("{id}'s lock never had {users} users"));
     }
 
     /// Spawn `operation` on a clone of `backend`.
@@ -922,35 +947,30 @@ mod tests {
     /// A create that queued on a sandbox's lock behind a successful delete must stay
     /// serialised with operations that arrive after that delete finished.
     ///
-    /// Timeline (driver operations take 100 ms):
-    /// - t=0: A deletes `sbx-0` and holds its lock during the teardown;
-    /// - t=20: B creates `sbx-0` again and queues on that same lock;
-    /// - t≈100: A finishes; B takes the lock, records `sbx-0` as `creating` and waits in the
-    ///   driver until t≈200;
-    /// - t=150: C deletes `sbx-0`. Serialised, C waits for B and then tears down a running
+    /// The order, forced with driver gates and the lock's user count:
+    /// - A deletes `sbx-0` and is held inside the driver with its lock;
+    /// - B creates `sbx-0` again and queues on that same lock;
+    /// - A finishes; B takes the lock, records `sbx-0` as `creating` and is held in the
+    ///   driver;
+    /// - C deletes `sbx-0`. Serialised, C waits for B and then tears down a running
     ///   sandbox: both succeed.
     ///
-    /// Fails today: A's successful delete drops the lock's map entry (`forget_lock`) while B
-    /// waits on it, so C makes and takes a fresh lock, moves B's half-made record to
-    /// `stopping` and removes it; B's create then fails with "sbx-0 is stopping; it cannot
+    /// Failed before the fix: A's successful delete dropped the lock's map entry while B
+    /// waited on it, so C made and took a fresh lock, moved B's half-made record to
+    /// `stopping` and removed it; B's create then failed with "sbx-0 is stopping; it cannot
     /// become running" although nothing failed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn operations_queued_behind_a_delete_stay_serialised_with_later_ones() {
         let h = harness().await;
         h.backend.create(request("sbx-0", 1, 512)).await.unwrap();
-        h.driver.set_delay(Some(Duration::from_millis(100)));
-        let a = spawn_on(&h.backend, |backend| async move {
-            backend.delete("sbx-0").await
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let b = spawn_on(&h.backend, |backend| async move {
-            backend.create(request("sbx-0", 1, 512)).await
-        });
-        tokio::time::sleep(Duration::from_millis(130)).await;
+        let (a, b, create_gate) = delete_then_queued_create(&h).await;
+        a.await.unwrap().unwrap();
+        held(&create_gate).await;
         let c = spawn_on(&h.backend, |backend| async move {
             backend.delete("sbx-0").await
         });
-        a.await.unwrap().unwrap();
+        lock_users_reach_or(&h.backend, "sbx-0", 2, || c.is_finished()).await;
+        create_gate.release(1);
         let created = b.await.unwrap();
         let deleted = c.await.unwrap();
         assert!(
@@ -958,45 +978,66 @@ mod tests {
             "B's create overlapped C's delete of the same sandbox: {created:?} (C: {deleted:?})"
         );
         deleted.unwrap();
-        h.driver.set_delay(None);
         check_quiescent(&h.backend, &h.driver, "after the three operations").unwrap();
         assert!(h.driver.live().is_empty());
+    }
+
+    /// A deletes `sbx-0` and is held inside the driver; B creates `sbx-0` and queues on A's
+    /// lock. Returns both, with A released (it finishes now that B is queued behind it), and
+    /// the gate that will hold B's driver create.
+    async fn delete_then_queued_create(
+        h: &Harness,
+    ) -> (
+        tokio::task::JoinHandle<firkin_single_node::Result<()>>,
+        tokio::task::JoinHandle<firkin_single_node::Result<firkin_single_node::SandboxSession>>,
+        Gate,
+    ) {
+        let delete_gate = h.driver.gate(FakeOp::Delete, 1);
+        let a = spawn_on(&h.backend, |backend| async move {
+            backend.delete("sbx-0").await
+        });
+        held(&delete_gate).await;
+        let b = spawn_on(&h.backend, |backend| async move {
+            backend.create(request("sbx-0", 1, 512)).await
+        });
+        lock_users_reach(&h.backend, "sbx-0", 2).await;
+        let create_gate = h.driver.gate(FakeOp::Create, 1);
+        delete_gate.release(1);
+        (a, b, create_gate)
+    }
+
+    /// Waits until `gate` holds its call. The bound only turns a hang into a failure.
+    async fn held(gate: &Gate) {
+        tokio::time::timeout(Duration::from_secs(30), gate.held(1))
+            .await
+            .expect("the operation never reached the driver");
     }
 
     /// The same race, with the create's rollback teardown failing: the sandbox must not be
     /// left running with neither a record nor a reservation.
     ///
-    /// Timeline (driver operations take 100 ms until t=150, then none):
-    /// - t=0: A deletes `sbx-0`; t=20: B creates `sbx-0` and queues on A's lock;
-    /// - t≈100: B takes that lock, records `creating`, and is in the driver until t≈200;
-    /// - t=150: C deletes `sbx-0`. Serialised, C waits for B and then meets the injected
-    ///   teardown failure below: `sbx-0` stays as a `failed` record holding its reservation,
-    ///   which a later delete clears. Today C runs at once on a fresh lock: the driver runs
-    ///   nothing yet, so C removes B's record and releases B's reservation;
-    /// - t=170: the next driver teardown is made to fail;
-    /// - t≈200: B's driver create succeeds, recording `running` fails (no record), the
-    ///   rollback teardown fails, and marking the record failed fails too (no record): the
-    ///   driver runs `sbx-0`, unrecorded and unreserved, for good.
+    /// The order, forced as above: A deletes `sbx-0` (held in the driver); B creates `sbx-0`
+    /// and queues on A's lock; A finishes; B records `creating` and is held in the driver;
+    /// C deletes `sbx-0`; then the next driver teardown is made to fail and B is let go.
+    /// Serialised, C waits for B and meets the injected teardown failure: `sbx-0` stays as a
+    /// `failed` record holding its reservation, which a later delete clears. Before the fix
+    /// C ran at once on a fresh lock, removed B's record and released B's reservation; B's
+    /// driver create then succeeded, recording `running` failed (no record), the rollback
+    /// teardown failed, and marking the record failed failed too: the driver ran `sbx-0`,
+    /// unrecorded and unreserved, for good.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_create_overtaken_by_a_delete_never_leaks_its_sandbox() {
         let h = harness().await;
         h.backend.create(request("sbx-0", 1, 512)).await.unwrap();
-        h.driver.set_delay(Some(Duration::from_millis(100)));
-        let a = spawn_on(&h.backend, |backend| async move {
-            backend.delete("sbx-0").await
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let b = spawn_on(&h.backend, |backend| async move {
-            backend.create(request("sbx-0", 1, 512)).await
-        });
-        tokio::time::sleep(Duration::from_millis(130)).await;
-        h.driver.set_delay(None);
+        let (a, b, create_gate) = delete_then_queued_create(&h).await;
+        a.await.unwrap().unwrap();
+        held(&create_gate).await;
         let c = spawn_on(&h.backend, |backend| async move {
             backend.delete("sbx-0").await
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        lock_users_reach_or(&h.backend, "sbx-0", 2, || c.is_finished()).await;
         h.driver.fail(FakeOp::Delete, 1);
-        a.await.unwrap().unwrap();
+        create_gate.release(1);
         let created = b.await.unwrap();
         let deleted = c.await.unwrap();
         eprintln!("create: {created:?}; delete: {deleted:?}");

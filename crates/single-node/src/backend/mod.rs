@@ -267,6 +267,19 @@ impl SingleNodeBackend {
         }
     }
 
+    /// How many operations hold or await `sandbox_id`'s operation lock right now. Tests use
+    /// it to force an interleaving ("B waits behind A") instead of sleeping and hoping.
+    #[must_use]
+    pub fn lock_users(&self, sandbox_id: &str) -> usize {
+        self.shared
+            .sandbox_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(sandbox_id)
+            // The map holds one reference; every holder and waiter holds another.
+            .map_or(0, |lock| Arc::strong_count(lock) - 1)
+    }
+
     /// Append a lifecycle event to a sandbox's log. Logging never fails an operation: a
     /// write failure is reported through `tracing` instead.
     fn log(&self, sandbox_id: &str, level: LogLevel, message: String) {

@@ -735,12 +735,13 @@ async fn a_create_whose_commit_fails_tears_down_and_leaves_a_record_for_restart(
 
     // Commits fail after the driver built it: it is torn down; the `Creating` record that
     // could not be removed keeps its reservation, and a restart reclaims it.
-    h.driver.set_delay(Some(Duration::from_millis(400)));
+    let gate = h.driver.gate(FakeOp::Create, 1);
     let backend = h.backend.clone();
     let create = tokio::spawn(async move { backend.create(request("late")).await });
-    // Well inside the driver's 400 ms: the `Creating` record is long written.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Inside the driver: the `Creating` record is written.
+    gate.held(1).await;
     durable.set_query_only(true);
+    gate.release(1);
     let error = create.await.unwrap().unwrap_err();
     assert!(
         matches!(error, Error::StatePersistenceFailed { .. }),
@@ -752,7 +753,6 @@ async fn a_create_whose_commit_fails_tears_down_and_leaves_a_record_for_restart(
     );
     assert!(h.backend.scheduler().is_admitted("late"));
     durable.set_query_only(false);
-    h.driver.set_delay(None);
     let Harness {
         backend,
         driver,
@@ -768,14 +768,15 @@ async fn a_create_whose_commit_fails_tears_down_and_leaves_a_record_for_restart(
 async fn a_create_the_caller_stops_waiting_for_still_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let h = harness(dir.path()).await;
-    h.driver.set_delay(Some(Duration::from_millis(200)));
-    // The caller gives up while the driver is still building the sandbox.
-    let abandoned =
-        tokio::time::timeout(Duration::from_millis(50), h.backend.create(request("late"))).await;
-    assert!(
-        abandoned.is_err(),
-        "the create should still have been running"
-    );
+    let gate = h.driver.gate(FakeOp::Create, 1);
+    // The caller gives up (drops its future) while the driver is building the sandbox.
+    tokio::select! {
+        finished = h.backend.create(request("late")) => {
+            panic!("the create should still have been running: {finished:?}")
+        }
+        () = gate.held(1) => {}
+    }
+    gate.release(1);
     // It runs to its end anyway: a Running sandbox, not a Creating record and a leak.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while h.backend.get("late").map(|s| s.state()).ok() != Some(SandboxState::Running) {
