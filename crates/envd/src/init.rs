@@ -24,6 +24,12 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// The process must have exactly one thread: call this before starting any runtime or
 /// thread (it forks, and the child goes on to run the server).
 ///
+/// The contract is the caller's to keep, so a call outside `unsafe` does not compile:
+///
+/// ```compile_fail,E0133
+/// let _ = firkin_envd::init::split_off_server();
+/// ```
+///
 /// # Errors
 ///
 /// When the fork fails.

@@ -137,6 +137,12 @@ pub enum Forked {
 /// the child gets a copy of the caller's thread only, so a lock held by any other thread at
 /// the fork would stay locked forever in the child, which goes on to run any code.
 ///
+/// The contract is the caller's to keep, so a call outside `unsafe` does not compile:
+///
+/// ```compile_fail,E0133
+/// let _ = firkin_envd::sys::fork_before_threads();
+/// ```
+///
 /// # Errors
 ///
 /// When the kernel refuses (no memory, process limit).

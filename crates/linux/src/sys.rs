@@ -46,6 +46,12 @@ pub enum Forked {
 /// thread only, so a lock (the allocator's, stdio's, ...) held by any other thread at the
 /// fork would stay locked forever in the child, and the child could go on to run any code.
 ///
+/// The contract is the caller's to keep, so a call outside `unsafe` does not compile:
+///
+/// ```compile_fail,E0133
+/// let _ = firkin_linux::sys::fork_single_threaded();
+/// ```
+///
 /// # Errors
 ///
 /// When the kernel refuses.

@@ -25,6 +25,12 @@ use crate::sys::{self, Forked};
 /// - the file descriptors named by [`InitSpec::ENV_STATUS_FD`] and [`InitSpec::ENV_GO_FD`]
 ///   must be open and owned by nothing else in the process: the helper takes ownership of
 ///   them (and closes them).
+///
+/// The contract is the caller's to keep, so a call outside `unsafe` does not compile:
+///
+/// ```compile_fail,E0133
+/// firkin_linux::sandbox::init::main_from_env();
+/// ```
 pub unsafe fn main_from_env() -> ! {
     // SAFETY: the caller hands over the status fd (see above) and calls this once.
     let mut status = match unsafe { status_pipe() } {
