@@ -19,14 +19,27 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Become PID 1's reaper in the parent; return in the child, which goes on to serve.
 ///
+/// # Safety
+///
+/// The process must have exactly one thread: call this before starting any runtime or
+/// thread (it forks, and the child goes on to run the server).
+///
+/// The contract is the caller's to keep, so a call outside `unsafe` does not compile:
+///
+/// ```compile_fail,E0133
+/// let _ = firkin_envd::init::split_off_server();
+/// ```
+///
 /// # Errors
 ///
 /// When the fork fails.
-pub fn split_off_server() -> std::io::Result<()> {
+#[allow(unsafe_code)]
+pub unsafe fn split_off_server() -> std::io::Result<()> {
     // Signals are blocked across the fork so that none is lost between it and the parent's
     // wait loop; the child unblocks them before it starts its runtime.
     sys::block_all_signals(true)?;
-    match sys::fork_before_threads()? {
+    // SAFETY: the caller guarantees a single thread, and blocking signals started none.
+    match unsafe { sys::fork_before_threads() }? {
         Forked::Child => sys::block_all_signals(false),
         Forked::Parent(server) => std::process::exit(reap_and_forward(server)),
     }

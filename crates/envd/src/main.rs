@@ -46,6 +46,7 @@ struct Args {
     child_oom_score_adj: OomScoreAdj,
 }
 
+#[allow(unsafe_code)]
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -57,7 +58,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Before any thread exists: PID 1 forks off the server and stays behind as the reaper.
     if args.init || rustix::process::getpid() == rustix::process::Pid::INIT {
-        firkin_envd::init::split_off_server().context("split PID 1 from the server")?;
+        // SAFETY: no thread has been started yet: the subscriber and the argument parser run
+        // on this one, and the async runtime is built below.
+        unsafe { firkin_envd::init::split_off_server() }.context("split PID 1 from the server")?;
     }
     let users = UserDb::default();
     let default_user = args

@@ -1,9 +1,9 @@
 //! The raw system calls envd needs that safe crates do not wrap for use between `fork` and
-//! `exec`. Everything `unsafe` in envd is in this file.
+//! `exec`. Every raw call envd makes is in this file; a wrapper that is sound only under a
+//! condition its caller must uphold is an `unsafe fn` whose `# Safety` section states it.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::RawFd;
 
 use crate::process::OomScoreAdj;
 use crate::users::User;
@@ -13,8 +13,10 @@ use crate::users::User;
 pub struct ChildSetup {
     /// Switch to this user's uid, gid and groups (`None`: keep envd's).
     pub identity: Option<(u32, u32, Vec<libc::gid_t>)>,
-    /// Start a new session and make this fd (a PTY's slave side) its controlling terminal.
-    pub controlling_tty: Option<RawFd>,
+    /// Start a new session and make the child's stdin (a PTY's slave side) its controlling
+    /// terminal. Only the child's own stdin: any other fd number could be closed and reused
+    /// by the time the child runs.
+    pub stdin_is_controlling_tty: bool,
     /// The `oom_score_adj` to give the child instead of the one it inherits from envd.
     pub oom_score_adj: OomScoreAdj,
 }
@@ -32,7 +34,7 @@ impl ChildSetup {
         });
         Self {
             identity,
-            controlling_tty: None,
+            stdin_is_controlling_tty: false,
             oom_score_adj: OomScoreAdj::NEUTRAL,
         }
     }
@@ -43,7 +45,8 @@ impl ChildSetup {
         let (oom_text, oom_len) = self.oom_score_adj.to_ascii();
         // SAFETY: the closure runs in the child between fork and exec, where only
         // async-signal-safe functions may be called. It calls only open, write, close,
-        // setsid, ioctl, setgroups, setgid and setuid (all async-signal-safe system calls),
+        // setsid, ioctl (on the child's stdin), setgroups, setgid and setuid (all
+        // async-signal-safe system calls),
         // reads data captured by value before the fork (the oom_score_adj already formatted
         // into a fixed buffer) and a static path (no allocation, no locks), and reports
         // failure through `io::Error::last_os_error`, which only reads errno.
@@ -61,13 +64,14 @@ impl ChildSetup {
         // First, while still envd's identity: after a uid change the process is not dumpable
         // until it execs, and its /proc files belong to root.
         set_oom_score_adj(oom_score_adj);
-        if let Some(tty) = self.controlling_tty {
-            // SAFETY: plain system calls on an fd the child inherited.
+        if self.stdin_is_controlling_tty {
+            // SAFETY: plain system calls; fd 0 is the child's own stdin, set up by `Command`
+            // before this hook runs.
             unsafe {
                 if libc::setsid() < 0 {
                     return Err(io::Error::last_os_error());
                 }
-                if libc::ioctl(tty, libc::TIOCSCTTY, 0) < 0 {
+                if libc::ioctl(libc::STDIN_FILENO, libc::TIOCSCTTY, 0) < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
@@ -125,15 +129,26 @@ pub enum Forked {
     Child,
 }
 
-/// `fork(2)`. Only sound while the process has a single thread (before any runtime or
-/// thread is started): the child gets a copy of that one thread only.
+/// `fork(2)`, before the process has started any thread.
+///
+/// # Safety
+///
+/// The calling process must have exactly one thread (no runtime, no thread started yet):
+/// the child gets a copy of the caller's thread only, so a lock held by any other thread at
+/// the fork would stay locked forever in the child, which goes on to run any code.
+///
+/// The contract is the caller's to keep, so a call outside `unsafe` does not compile:
+///
+/// ```compile_fail,E0133
+/// let _ = firkin_envd::sys::fork_before_threads();
+/// ```
 ///
 /// # Errors
 ///
 /// When the kernel refuses (no memory, process limit).
-pub fn fork_before_threads() -> io::Result<Forked> {
-    // SAFETY: callers fork before starting any thread (documented above, and `main` forks
-    // first thing), so no lock can be held by a thread that does not exist in the child.
+pub unsafe fn fork_before_threads() -> io::Result<Forked> {
+    // SAFETY: the caller guarantees a single thread (see above), so no lock can be held by a
+    // thread that does not exist in the child.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(Forked::Child),

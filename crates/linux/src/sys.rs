@@ -1,5 +1,7 @@
-//! The raw system calls the sandbox launcher needs that are `unsafe` to call in general. Each
-//! wrapper states the condition under which it is sound; callers uphold it.
+//! The raw system calls the sandbox launcher needs that are `unsafe` to call in general. A
+//! wrapper that is sound whatever its caller does is a safe `fn`; one that is sound only
+//! under a condition its caller must uphold is an `unsafe fn` whose `# Safety` section
+//! states it.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -38,12 +40,24 @@ pub enum Forked {
 /// `fork(2)`, for a process that has only one thread (the sandbox init helper): the child
 /// then holds no lock another thread could own.
 ///
+/// # Safety
+///
+/// The calling process must have exactly one thread: the child gets a copy of the caller's
+/// thread only, so a lock (the allocator's, stdio's, ...) held by any other thread at the
+/// fork would stay locked forever in the child, and the child could go on to run any code.
+///
+/// The contract is the caller's to keep, so a call outside `unsafe` does not compile:
+///
+/// ```compile_fail,E0133
+/// let _ = firkin_linux::sys::fork_single_threaded();
+/// ```
+///
 /// # Errors
 ///
 /// When the kernel refuses.
-pub fn fork_single_threaded() -> io::Result<Forked> {
-    // SAFETY: only called from the single-threaded init helper binary (see
-    // `sandbox::init`), so the child's copy of the address space is consistent.
+pub unsafe fn fork_single_threaded() -> io::Result<Forked> {
+    // SAFETY: the caller guarantees this process has one thread (see above), so the child's
+    // copy of the address space holds no lock of a thread that does not exist in it.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(Forked::Child),

@@ -403,7 +403,7 @@ impl Supervisor {
                     .stdout(stdio(&pair.slave).map_err(spawn_error)?)
                     .stderr(stdio(&pair.slave).map_err(spawn_error)?);
                 // A new session whose controlling terminal is the PTY (stdin by then).
-                setup.controlling_tty = Some(0);
+                setup.stdin_is_controlling_tty = true;
                 Some(Arc::new(
                     pty::AsyncPty::new(pair.master).map_err(spawn_error)?,
                 ))

@@ -1,5 +1,7 @@
 //! The init helper's side of a launch (see the [module docs](super)). Runs in
 //! `firkin-sandbox-init`, a fresh single-threaded process started by the driver as host root.
+// Forking and adopting inherited fds: sound only under the contract `main_from_env` states.
+#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -15,15 +17,31 @@ use crate::sys::{self, Forked};
 
 /// Run the helper: read the spec and pipes from the environment, build the sandbox, and
 /// never return on success (the helper exits after the fork; PID 1 becomes envd).
-pub fn main_from_env() -> ! {
-    let mut status = match status_pipe() {
+///
+/// # Safety
+///
+/// Call it first thing in `main` of a process the driver started as the init helper:
+/// - the process must have exactly one thread (it forks, and the child runs on);
+/// - the file descriptors named by [`InitSpec::ENV_STATUS_FD`] and [`InitSpec::ENV_GO_FD`]
+///   must be open and owned by nothing else in the process: the helper takes ownership of
+///   them (and closes them).
+///
+/// The contract is the caller's to keep, so a call outside `unsafe` does not compile:
+///
+/// ```compile_fail,E0133
+/// firkin_linux::sandbox::init::main_from_env();
+/// ```
+pub unsafe fn main_from_env() -> ! {
+    // SAFETY: the caller hands over the status fd (see above) and calls this once.
+    let mut status = match unsafe { status_pipe() } {
         Ok(file) => file,
         Err(error) => {
             eprintln!("firkin-sandbox-init: no status pipe: {error}");
             std::process::exit(2);
         }
     };
-    let error = match run(&mut status) {
+    // SAFETY: the caller guarantees a single thread and that the go fd is ours alone.
+    let error = match unsafe { run(&mut status) } {
         Ok(never) => match never {},
         Err(error) => error,
     };
@@ -33,7 +51,13 @@ pub fn main_from_env() -> ! {
 
 enum Never {}
 
-fn env_fd(name: &str) -> io::Result<OwnedFd> {
+/// The file descriptor whose number the environment variable `name` holds, as an owned fd.
+///
+/// # Safety
+///
+/// That fd must be open and owned by nothing else in this process (it will be closed when
+/// the result is dropped), so call this at most once per variable.
+unsafe fn env_fd(name: &str) -> io::Result<OwnedFd> {
     let raw: i32 = std::env::var(name)
         .map_err(|_| io::Error::other(format!("{name} is not set")))?
         .parse()
@@ -41,20 +65,20 @@ fn env_fd(name: &str) -> io::Result<OwnedFd> {
     if raw < 3 {
         return Err(io::Error::other(format!("{name}={raw} is not a pipe")));
     }
-    // The driver created this fd for us alone and cleared its close-on-exec flag; nothing
-    // else in this process owns it.
-    Ok(owned_fd(raw))
+    // SAFETY: the caller guarantees `raw` is open and owned by nothing else (the driver
+    // created it for this helper alone and cleared its close-on-exec flag); ≥ 3, so it is
+    // not one of the standard streams std may use.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-#[allow(unsafe_code)]
-fn owned_fd(raw: i32) -> OwnedFd {
-    // SAFETY: `raw` was inherited from the driver for this helper only (checked ≥ 3 above),
-    // is open, and nothing else in this single-threaded process refers to it.
-    unsafe { OwnedFd::from_raw_fd(raw) }
-}
-
-fn status_pipe() -> io::Result<File> {
-    Ok(File::from(env_fd(InitSpec::ENV_STATUS_FD)?))
+/// The status pipe's write end.
+///
+/// # Safety
+///
+/// As [`env_fd`]: call it once.
+unsafe fn status_pipe() -> io::Result<File> {
+    // SAFETY: passed on to the caller.
+    Ok(File::from(unsafe { env_fd(InitSpec::ENV_STATUS_FD) }?))
 }
 
 fn context(what: impl Into<String>) -> impl FnOnce(io::Error) -> io::Error {
@@ -62,12 +86,18 @@ fn context(what: impl Into<String>) -> impl FnOnce(io::Error) -> io::Error {
     move |error| io::Error::new(error.kind(), format!("{what}: {error}"))
 }
 
-fn run(status: &mut File) -> io::Result<Never> {
+/// The helper's steps (see the module docs).
+///
+/// # Safety
+///
+/// As [`main_from_env`]: one thread only, and the go fd owned by nothing else; call it once.
+unsafe fn run(status: &mut File) -> io::Result<Never> {
     let spec: InitSpec = serde_json::from_str(
         &std::env::var(InitSpec::ENV_SPEC).map_err(|_| io::Error::other("no spec"))?,
     )
     .map_err(|error| io::Error::other(format!("bad spec: {error}")))?;
-    let mut go = File::from(env_fd(InitSpec::ENV_GO_FD)?);
+    // SAFETY: the caller hands the go fd over, and this is the only place that takes it.
+    let mut go = File::from(unsafe { env_fd(InitSpec::ENV_GO_FD) }?);
 
     // 1. The network namespace, while still host root in the initial user namespace.
     match &spec.netns {
@@ -117,7 +147,8 @@ fn run(status: &mut File) -> io::Result<Never> {
 
     // 4. The PID namespace applies to children: fork once, report PID 1, and leave.
     sys::unshare(UnshareFlags::NEWPID).map_err(context("unshare the PID namespace"))?;
-    match sys::fork_single_threaded().map_err(context("fork PID 1"))? {
+    // SAFETY: the caller guarantees a single thread, and nothing above started one.
+    match unsafe { sys::fork_single_threaded() }.map_err(context("fork PID 1"))? {
         Forked::Parent(pid) => {
             writeln!(status, "pid {pid}")?;
             std::process::exit(0);

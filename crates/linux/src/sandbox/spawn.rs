@@ -101,7 +101,12 @@ pub fn launch(
         .stderr(Stdio::inherit());
     let inherited = [status_write.as_raw_fd(), go_read.as_raw_fd()];
     let cgroup_fds: Vec<i32> = cgroups.iter().map(AsRawFd::as_raw_fd).collect();
-    pre_exec(&mut command, inherited, cgroup_fds);
+    // SAFETY: `status_write`, `go_read` and `cgroups` own these fds and are dropped only
+    // after the spawn below; `command` is spawned once.
+    #[allow(unsafe_code)]
+    unsafe {
+        pre_exec(&mut command, inherited, cgroup_fds);
+    }
     let mut child = command.spawn().map_err(|source| LaunchError::Spawn {
         helper: helper.to_owned(),
         source,
@@ -280,12 +285,20 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
+/// Have the helper `command` starts keep the fds `inherited` across exec, join the cgroups
+/// whose `cgroup.procs` files are open as `cgroup_fds`, and leave the daemon's session.
+///
+/// # Safety
+///
+/// Every fd in `inherited` and `cgroup_fds` must stay open, as the file it is now, until
+/// `command` has been spawned for the last time (or dropped): the child acts on those fd
+/// numbers, and a number closed and reused meanwhile would be some other file.
 #[allow(unsafe_code)]
-fn pre_exec(command: &mut Command, inherited: [i32; 2], cgroup_fds: Vec<i32>) {
+unsafe fn pre_exec(command: &mut Command, inherited: [i32; 2], cgroup_fds: Vec<i32>) {
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
     // calls are allowed. It only makes system calls (fcntl, write, setsid) on fds and data
     // captured before the fork, allocates nothing, takes no lock, and reports errors through
-    // errno.
+    // errno. The fds are the caller's to keep open until the spawn (see above).
     unsafe {
         command.pre_exec(move || {
             for fd in inherited {

@@ -1,15 +1,35 @@
 //! The default seccomp profile of a sandbox.
 //!
-//! Allow by default, refuse (EPERM) what an agent's code never needs and what widens the
-//! kernel's attack surface: module loading, kexec, mounting and the new mount API, swap,
-//! reboot, clock changes, keyrings, BPF, perf, userfaultfd, file handles, raw port I/O, and
-//! new namespaces (`unshare`, `setns`, and `clone` with any namespace flag). `clone3` answers
-//! ENOSYS, because its flags live in memory a filter cannot read; libc then falls back to
-//! `clone`, which is filtered. `ptrace` stays allowed so debuggers work on the sandbox's own
-//! processes (the capability bounding set already denies tracing anything else).
+//! Three filters, installed by PID 1 before it execs envd, so that every process of the
+//! sandbox (envd, its server half, and everything they start) inherits all three; a
+//! process cannot remove a filter, only add its own.
 //!
-//! The filter is installed by PID 1 without `no_new_privs` (root of the sandbox's user
-//! namespace may), so `sudo` keeps working; a template can ask for `no_new_privs` as well.
+//! 1. The ABI guard ([`abi`]): any call through the i386 entry (`int 0x80`) or the x32 ABI
+//!    kills the process (`SECCOMP_RET_KILL_PROCESS`), so the deny-list below, written in
+//!    native call numbers, cannot be walked around by switching ABI.
+//! 2. The deny-list, EPERM: allow by default, refuse what an agent's code never needs and
+//!    what widens the kernel's attack surface: module loading, kexec, mounting and the new
+//!    mount API, swap, reboot, clock changes, keyrings, BPF, perf, userfaultfd, file
+//!    handles, raw port I/O, and new namespaces (`unshare`, `setns`, and `clone` with any
+//!    namespace flag).
+//! 3. ENOSYS for calls a program is expected to probe and fall back from: `clone3`, because
+//!    its flags live in memory a filter cannot read (libc then falls back to `clone`, which
+//!    is filtered), and io_uring (`io_uring_setup`, `io_uring_enter`, `io_uring_register`),
+//!    a large and often-exploited kernel surface that bypasses the per-call filtering above
+//!    (its operations are not system calls). ENOSYS rather than EPERM because "this kernel
+//!    has no io_uring" is the answer libuv (Node.js), liburing users and Rust runtimes
+//!    already handle by falling back to epoll and threads; EPERM reads as a configuration
+//!    error to some of them. gVisor answers the same.
+//!
+//! `ptrace` stays allowed so debuggers work on the sandbox's own processes (the capability
+//! bounding set already denies tracing anything else).
+//!
+//! The filters are installed without `no_new_privs` (root of the sandbox's user namespace
+//! may), so `sudo` keeps working; a template can ask for `no_new_privs` as well.
+
+mod abi;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 
@@ -81,6 +101,14 @@ const NAMESPACE_FLAGS: &[i32] = &[
     libc::CLONE_NEWCGROUP,
 ];
 
+/// Syscalls answered ENOSYS: see the module docs.
+const NOT_IMPLEMENTED: &[libc::c_long] = &[
+    libc::SYS_clone3,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+];
+
 fn arch() -> TargetArch {
     if cfg!(target_arch = "aarch64") {
         TargetArch::aarch64
@@ -89,7 +117,8 @@ fn arch() -> TargetArch {
     }
 }
 
-/// The profile as BPF programs, to be installed in order.
+/// The profile as BPF programs (the ABI guard, the EPERM deny-list, the ENOSYS list), to be
+/// installed in order.
 ///
 /// # Errors
 ///
@@ -121,27 +150,19 @@ pub fn default_profile() -> Result<Vec<BpfProgram>, SeccompError> {
         arch(),
     )
     .map_err(SeccompError)?;
-    let no_clone3 = SeccompFilter::new(
-        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+    let enosys = SeccompFilter::new(
+        NOT_IMPLEMENTED
+            .iter()
+            .map(|syscall| (*syscall, Vec::new()))
+            .collect(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS.unsigned_abs()),
         arch(),
     )
     .map_err(SeccompError)?;
-    [eperm, no_clone3]
-        .into_iter()
-        .map(|filter| BpfProgram::try_from(filter).map_err(SeccompError))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_profile_compiles() {
-        let programs = default_profile().unwrap();
-        assert_eq!(programs.len(), 2);
-        assert!(programs[0].len() > REFUSED.len());
+    let mut programs = vec![abi::guard()];
+    for filter in [eperm, enosys] {
+        programs.push(BpfProgram::try_from(filter).map_err(SeccompError)?);
     }
+    Ok(programs)
 }
