@@ -6,12 +6,14 @@
 //!   a `Host: <port>-<sandboxID>.<domain>`, or as signed `/files` URLs: forwarded byte for
 //!   byte to that port inside the sandbox ([`proxy`]);
 //! - **control-plane requests** (everything else): the E2B REST API over
-//!   [`SingleNodeBackend`], behind the `X-API-KEY` check ([`control`]).
+//!   [`SingleNodeBackend`], behind the API key check: `X-API-KEY` or `Authorization: Bearer`
+//!   ([`control`], [`auth`]).
 //!
 //! Every error body is E2B's `{"code": int, "message": str}` ([`error`]).
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod control;
 pub mod dto;
 pub mod error;
@@ -29,7 +31,8 @@ use tower::ServiceExt as _;
 /// Settings of the E2B face.
 #[derive(Clone, Debug)]
 pub struct E2bConfig {
-    /// The key every control-plane request must carry in `X-API-KEY`.
+    /// The key every control-plane request must carry (`X-API-KEY` or `Authorization:
+    /// Bearer`), and which the proxy never forwards into a sandbox.
     pub api_key: String,
     /// The sandbox domain: `Host: <port>-<id>.<domain>` routes to a sandbox, and responses
     /// carry it as `domain` when [`E2bConfig::advertise_domain`] is set.

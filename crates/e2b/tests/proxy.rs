@@ -737,6 +737,164 @@ mod tests {
         assert_eq!((envd_a.hits(), envd_b.hits()), (0, 2));
     }
 
+    #[tokio::test]
+    async fn the_daemons_key_never_reaches_a_sandbox() {
+        let h = Harness::start().await;
+        let envd = Upstream::start("envd").await;
+        let user = Upstream::start("user").await;
+        let (id, token) = h.sandbox(envd.addr).await;
+        let signature = encode(&sign("a.txt", "read", "", &token, None));
+
+        // Every way a request reaches a sandbox: headers, host name, a signed URL.
+        let by_headers = h
+            .to_sandbox(&id, user.addr.port(), "/echo")
+            .header("authorization", "Bearer key");
+        let by_host = Request::builder()
+            .uri("/echo")
+            .header("host", format!("{}-{id}.e2b.localhost", user.addr.port()))
+            .header("authorization", "bEaReR key");
+        let signed = h
+            .request(
+                Method::GET,
+                &format!("/files?path=a.txt&signature={signature}"),
+            )
+            .header("authorization", "Bearer key");
+        for (route, request) in [
+            ("headers", by_headers),
+            ("host", by_host),
+            ("signed", signed),
+        ] {
+            let (status, text) = h
+                .fetch(
+                    request
+                        .header("x-api-key", "key")
+                        .header("x-access-token", "envd-token")
+                        .header("e2b-traffic-access-token", "traffic-token")
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{route}: {text}");
+            assert!(text.starts_with("tag="), "{route}: {text}");
+            let lower = text.to_ascii_lowercase();
+            assert!(!lower.contains("x-api-key"), "{route}: {text}");
+            assert!(!lower.contains("authorization"), "{route}: {text}");
+            assert!(!text.contains("key\n"), "{route}: {text}");
+            // What the sandbox needs stays.
+            assert!(
+                text.contains("x-access-token: envd-token\n"),
+                "{route}: {text}"
+            );
+            assert!(
+                text.contains("e2b-traffic-access-token: traffic-token\n"),
+                "{route}: {text}"
+            );
+        }
+
+        // Any X-API-KEY goes; an Authorization that is not the daemon's key passes (envd's
+        // user selection, a user's own server's token).
+        for (authorization, kept) in [
+            ("Basic dXNlcjo=", true),
+            ("Bearer the-users-own-token", true),
+            ("Bearer key", false),
+        ] {
+            let (status, text) = h
+                .fetch(
+                    h.to_sandbox(&id, user.addr.port(), "/echo")
+                        .header("x-api-key", "some-other-deployments-key")
+                        .header("authorization", authorization)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{text}");
+            assert!(!text.contains("x-api-key"), "{text}");
+            assert_eq!(
+                text.contains(&format!("authorization: {authorization}\n")),
+                kept,
+                "{authorization}: {text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_signed_url_seen_before_costs_one_signature_check() {
+        let h = Harness::start().await;
+        let envd = Upstream::start("envd").await;
+        let (mut ids, mut urls) = (Vec::new(), Vec::new());
+        for _ in 0..4 {
+            let (id, token) = h.sandbox(envd.addr).await;
+            ids.push(id);
+            let signature = encode(&sign("a.txt", "read", "", &token, None));
+            urls.push(format!("/files?path=a.txt&signature={signature}"));
+        }
+        let checks = || h.state.proxy.stats().signature_checks;
+        let fetch_all = || async {
+            let before = checks();
+            for url in &urls {
+                let (status, text) = h
+                    .fetch(h.request(Method::GET, url).body(Body::empty()).unwrap())
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{url}: {text}");
+            }
+            checks() - before
+        };
+        // First sight: each URL is checked against the live sandboxes until one fits.
+        let first = fetch_all().await;
+        assert!((4..=4 * 4).contains(&first), "{first}");
+        // Again: one check per URL, against the sandbox it fitted.
+        assert_eq!(fetch_all().await, 4);
+        assert_eq!(envd.hits(), 8);
+
+        // A request that names its sandbox (header or host) is never checked by the proxy:
+        // envd checks the signature itself.
+        let (id, token) = h.sandbox(envd.addr).await;
+        let url = format!(
+            "/files?path=b.txt&signature={}",
+            encode(&sign("b.txt", "read", "", &token, None))
+        );
+        let before = checks();
+        let named = [
+            h.request(Method::GET, &url).header("e2b-sandbox-id", &id),
+            Request::builder()
+                .uri(&url)
+                .header("host", format!("{ENVD_PORT}-{id}.e2b.localhost")),
+        ];
+        for request in named {
+            let (status, _) = h.fetch(request.body(Body::empty()).unwrap()).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        // A signature that cannot be envd's is refused without hashing.
+        for junk in ["v1_short", "nonsense", &format!("v1_{}", "!".repeat(43))] {
+            let (status, text) = h
+                .fetch(
+                    h.request(
+                        Method::GET,
+                        &format!("/files?path=a&signature={}", encode(junk)),
+                    )
+                    .body(Body::empty())
+                    .unwrap(),
+                )
+                .await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{junk}: {text}");
+        }
+        assert_eq!(checks(), before);
+
+        // The remembered URL of a deleted sandbox costs at most one check, and is refused.
+        h.backend.delete(&ids[0]).await.unwrap();
+        let before = checks();
+        let (status, text) = h
+            .fetch(
+                h.request(Method::GET, &urls[0])
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+        assert!(checks() - before <= 1, "{}", checks() - before);
+        assert_eq!(envd.hits(), 10);
+    }
+
     fn encode(value: &str) -> String {
         form_urlencoded::byte_serialize(value.as_bytes()).collect()
     }
