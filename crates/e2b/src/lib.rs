@@ -17,6 +17,7 @@ pub mod auth;
 pub mod control;
 pub mod dto;
 pub mod error;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod tls;
@@ -42,10 +43,13 @@ pub struct E2bConfig {
     pub advertise_domain: bool,
     /// The envd version sandboxes report (the SDK gates features on it).
     pub envd_version: String,
+    /// Connection cap and timeouts of every listener ([`listener`]).
+    pub connections: listener::ConnectionLimits,
 }
 
 impl E2bConfig {
-    /// Settings with `api_key`, the default domain `e2b.localhost` and envd version `0.6.4`.
+    /// Settings with `api_key`, the default domain `e2b.localhost`, envd version `0.6.4` and
+    /// the default [`listener::ConnectionLimits`].
     #[must_use]
     pub fn new(api_key: impl Into<String>) -> Self {
         Self {
@@ -53,6 +57,7 @@ impl E2bConfig {
             domain: "e2b.localhost".to_owned(),
             advertise_domain: false,
             envd_version: "0.6.4".to_owned(),
+            connections: listener::ConnectionLimits::default(),
         }
     }
 }
@@ -107,22 +112,20 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .with_state(state)
 }
 
-/// Serve [`app`] on `listener` until `shutdown` completes (connections then drain).
+/// Serve [`app`] on `listener` until `shutdown` completes (connections then drain), within
+/// the config's [`E2bConfig::connections`] limits.
 ///
 /// # Errors
 ///
-/// When accepting connections fails.
+/// None so far: failed accepts are logged and retried (see [`listener::serve_connections`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // Connect streams are many small writes: without TCP_NODELAY each waits for an ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app(state).into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.config.connections;
+    listener::serve_connections(listener, app(state), limits, shutdown, |tcp| async {
+        Ok(tcp)
+    })
+    .await
 }
