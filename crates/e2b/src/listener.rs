@@ -14,10 +14,12 @@
 //!   (slowloris) or idles between requests is dropped when it runs out.
 //!
 //! Bodies are not timed: uploads and command streams through the proxy may be slow for good
-//! reasons. An upgraded connection (websocket) leaves the loop's count once upgraded.
+//! reasons. An upgraded connection (a websocket through the proxy) keeps its slot until the
+//! pipe closes: every request carries its connection's [`ConnectionSlot`], and the proxy
+//! moves it into the pipe.
 //!
 //! Shutdown stops accepting, asks every connection to close after its current request, and
-//! returns once all have (the caller bounds that wait).
+//! returns once all have, upgraded pipes included (the caller bounds that wait).
 
 use std::future::Future;
 use std::io;
@@ -29,7 +31,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tower::ServiceExt as _;
 
 /// Bounds on the work one client can make a listener do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +61,13 @@ impl Default for ConnectionLimits {
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
         }
     }
+}
+
+/// One of a listener's connection slots, in the extensions of every request of the connection
+/// that holds it; the slot frees when the connection and every clone of this have gone.
+#[derive(Clone, Debug)]
+pub struct ConnectionSlot {
+    _permit: Arc<OwnedSemaphorePermit>,
 }
 
 /// How long the loop waits after a failed `accept` (e.g. out of file descriptors) before
@@ -113,7 +123,9 @@ where
         let app = app.clone();
         let mut stopping = stopping.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let slot = ConnectionSlot {
+                _permit: Arc::new(slot),
+            };
             let stream = match tokio::time::timeout(limits.handshake_timeout, handshaking).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
@@ -129,6 +141,10 @@ where
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout);
+            let app = app.map_request(move |mut request: axum::http::Request<_>| {
+                request.extensions_mut().insert(slot.clone());
+                request
+            });
             let connection = builder
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
                 .with_upgrades();

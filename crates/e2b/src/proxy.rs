@@ -506,6 +506,10 @@ async fn forward(state: &AppState, id: &str, port: u16, mut request: Request<Bod
         None
     };
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    // The pipe keeps the client connection's slot under the listener's cap.
+    let slot = request
+        .extensions_mut()
+        .remove::<crate::listener::ConnectionSlot>();
 
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -570,6 +574,7 @@ async fn forward(state: &AppState, id: &str, port: u16, mut request: Request<Bod
         let counters = proxy.counters.clone();
         let sandbox = id.to_owned();
         tokio::spawn(async move {
+            let _slot = slot;
             let (client, upstream) = match tokio::try_join!(client_upgrade, sandbox_upgrade) {
                 Ok(both) => both,
                 Err(error) => {

@@ -190,9 +190,13 @@ mod tests {
 
     impl Harness {
         async fn start() -> Self {
+            Self::start_with(E2bConfig::new("key")).await
+        }
+
+        async fn start_with(config: E2bConfig) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let backend = backend(dir.path()).await;
-            let state = AppState::new(backend.clone(), E2bConfig::new("key"));
+            let state = AppState::new(backend.clone(), config);
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let app = listener.local_addr().unwrap();
             tokio::spawn(firkin_e2b::serve(
@@ -571,6 +575,64 @@ mod tests {
             assert_eq!(echoed, message.as_bytes());
         }
         assert_eq!(user.hits(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_upgraded_pipe_keeps_its_connection_slot() {
+        let mut config = E2bConfig::new("key");
+        config.connections.max_connections = 1;
+        let h = Harness::start_with(config).await;
+        let envd = Upstream::start("envd").await;
+        let user = Upstream::start("user").await;
+        let (id, _) = h.sandbox(envd.addr).await;
+
+        let mut pipe = TcpStream::connect(h.app).await.unwrap();
+        let head = format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: {id}\r\nE2b-Sandbox-Port: {}\r\n\
+             Connection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+            user.addr.port()
+        );
+        pipe.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_head(&mut pipe).await;
+        assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+        pipe.write_all(b"ping").await.unwrap();
+        let mut echoed = [0_u8; 4];
+        timeout(WAIT, pipe.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&echoed, b"ping");
+
+        // The pipe holds the only slot: another client waits, unread.
+        let mut next = TcpStream::connect(h.app).await.unwrap();
+        next.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut byte = [0_u8; 1];
+        let early = timeout(Duration::from_millis(300), next.read(&mut byte)).await;
+        assert!(
+            early.is_err(),
+            "served while the pipe held the slot: {early:?}"
+        );
+
+        drop(pipe);
+        let answer = read_head(&mut next).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    }
+
+    /// A response head, byte by byte (nothing after it is read).
+    async fn read_head(stream: &mut TcpStream) -> String {
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\n") {
+            let mut byte = [0_u8; 1];
+            let n = timeout(WAIT, stream.read(&mut byte))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&answer));
+            answer.push(byte[0]);
+        }
+        String::from_utf8(answer).unwrap()
     }
 
     #[tokio::test]
