@@ -9,7 +9,10 @@
 //!   [`SingleNodeBackend`], behind the API key check: `X-API-KEY` or `Authorization: Bearer`
 //!   ([`control`], [`auth`]).
 //!
-//! Every error body is E2B's `{"code": int, "message": str}` ([`error`]).
+//! Every error body is E2B's `{"code": int, "message": str}` ([`error`]). Both listeners
+//! (plain and TLS) bound what one client can hold: a connection cap, a header read timeout
+//! and a TLS handshake timeout ([`listener`]); control-plane bodies are capped at
+//! [`control::MAX_BODY_BYTES`], proxied bodies are streamed and not capped.
 
 #![forbid(unsafe_code)]
 

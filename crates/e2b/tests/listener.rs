@@ -181,4 +181,30 @@ mod tests {
         }
         assert!(got.starts_with(b"HTTP/1.1 200 "), "{got:?}");
     }
+
+    #[tokio::test]
+    async fn shutdown_closes_idle_connections_and_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let state = state(dir.path(), ConnectionLimits::default()).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(firkin_e2b::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+
+        let mut idle = TcpStream::connect(address).await.unwrap();
+        assert!(health(&mut idle).await.starts_with("HTTP/1.1 200 "));
+        stop.send(()).unwrap();
+        until_closed(&mut idle).await;
+        timeout(WAIT, serving)
+            .await
+            .expect("serve returns once its connections are gone")
+            .unwrap()
+            .unwrap();
+        assert!(
+            TcpStream::connect(address).await.is_err(),
+            "still accepting"
+        );
+    }
 }
