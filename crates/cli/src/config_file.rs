@@ -1,7 +1,7 @@
 //! `firkin.toml`: the lowest layer of the daemon's settings. A key set here is used unless the
 //! same setting comes from a `FIRKIN_*` environment variable or a flag (file < environment <
 //! flag). Keys are the flags' names: `listen`, `state-dir`, `api-key`, `domain`, `envd-bin`,
-//! `tls-listen`, `warm-pool`, `slot-range`. An unknown key is an error, so a typo never goes unnoticed.
+//! `tls-listen`, `warm-pool`, `slot-range`, `max-connections`. An unknown key is an error, so a typo never goes unnoticed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,20 @@ pub(crate) struct FileConfig {
     pub(crate) warm_pool: Option<usize>,
     #[serde(default, deserialize_with = "slot_range")]
     pub(crate) slot_range: Option<firkin_linux::net::Ipv4Net>,
+    #[serde(default, deserialize_with = "max_connections")]
+    pub(crate) max_connections: Option<usize>,
+}
+
+/// `max-connections = 4096`, at least 1 as the flag.
+fn max_connections<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<usize>, D::Error> {
+    match <usize as serde::Deserialize>::deserialize(deserializer)? {
+        0 => Err(serde::de::Error::custom(
+            "max-connections must be at least 1",
+        )),
+        n => Ok(Some(n)),
+    }
 }
 
 /// `slot-range = "10.200.0.0/16"`, checked as the flag is.
@@ -101,5 +115,11 @@ mod tests {
         assert!(format!("{error:#}").contains("listne"), "{error:#}");
         assert!(parse("listen = \"not an address\"\n").is_err());
         assert!(load(Some(Path::new("/nonexistent/firkin.toml"))).is_err());
+        assert_eq!(
+            parse("max-connections = 64\n").unwrap().max_connections,
+            Some(64)
+        );
+        let zero = parse("max-connections = 0\n").unwrap_err();
+        assert!(format!("{zero:#}").contains("at least 1"), "{zero:#}");
     }
 }

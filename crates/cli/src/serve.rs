@@ -40,6 +40,24 @@ pub(crate) struct ServeArgs {
     /// on one host need ranges that do not overlap. Default: 10.200.0.0/16.
     #[arg(long, env = "FIRKIN_SLOT_RANGE")]
     slot_range: Option<firkin_linux::net::Ipv4Net>,
+    /// Connections each listener serves at once; further clients wait in the listen backlog
+    /// until one closes.
+    #[arg(
+        long,
+        env = "FIRKIN_MAX_CONNECTIONS",
+        default_value_t = firkin_e2b::listener::ConnectionLimits::DEFAULT_MAX_CONNECTIONS,
+        value_parser = at_least_one
+    )]
+    max_connections: usize,
+}
+
+/// A count of 1 or more.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 impl ServeArgs {
@@ -70,6 +88,9 @@ impl ServeArgs {
         }
         if unset("slot_range") {
             self.slot_range = file.slot_range.or(self.slot_range.take());
+        }
+        if let Some(max) = file.max_connections.filter(|_| unset("max_connections")) {
+            self.max_connections = max;
         }
     }
 }
@@ -129,6 +150,7 @@ async fn serve(
     let mut config = E2bConfig::new(&api_key);
     config.domain = args.domain.clone();
     config.envd_version = firkin_envd::ENVD_VERSION.to_owned();
+    config.connections.max_connections = args.max_connections;
     let tls = match args.tls_listen {
         Some(tls_address) => {
             let ca = firkin_e2b::tls::LocalCa::ensure(&state_dir.join("tls"), &args.domain)
@@ -186,6 +208,7 @@ async fn serve(
                 tls_listener,
                 server_config,
                 app,
+                state.config.connections,
                 until_stopped(),
             )))
         }

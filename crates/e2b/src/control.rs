@@ -1,7 +1,8 @@
 //! The E2B control plane: the REST routes the SDKs call (`E2B-CONTRACT.md` §4), each mapped
-//! to [`SingleNodeBackend`](firkin_single_node::SingleNodeBackend), behind the `X-API-KEY`
-//! check. Bodies and queries are parsed here, not by extractors, so that every bad input gets
-//! E2B's error JSON; routes of the contract that are not built yet answer 501 with it.
+//! to [`SingleNodeBackend`](firkin_single_node::SingleNodeBackend), behind the API key check
+//! ([`crate::auth`]). Bodies and queries are parsed here, not by extractors, so that every bad
+//! input gets E2B's error JSON (a body over [`MAX_BODY_BYTES`] is a 413); routes of the
+//! contract that are not built yet answer 501 with it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use firkin_single_node::{
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
+use crate::auth::{self, Presented};
 use crate::dto::{
     self, ConnectSandbox, LogEntry, LogLine, NewSandbox, Sandbox, SandboxDetail, SetTimeout,
 };
@@ -83,28 +85,20 @@ async fn daemon_metrics(State(state): Shared) -> Response {
         .into_response()
 }
 
-/// 401 unless `X-API-KEY` is the configured key (compared in constant time).
+/// 401 unless the request carries the configured key, in `X-API-KEY` or as
+/// `Authorization: Bearer` (see [`crate::auth`]).
 async fn require_api_key(State(state): Shared, request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get("x-api-key")
-        .map(HeaderValue::as_bytes);
-    match given {
-        Some(key) if constant_time_eq(key, state.config.api_key.as_bytes()) => {
-            next.run(request).await
+    match auth::presented(request.headers(), &state.config.api_key) {
+        Presented::TheKey => next.run(request).await,
+        Presented::WrongKey => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "invalid API key").into_response()
         }
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid API key").into_response(),
-        None => ApiError::new(
+        Presented::Nothing => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing X-API-KEY header: set E2B_API_KEY to the key firkin serve printed",
         )
         .into_response(),
     }
-}
-
-/// Equality whose time depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The JSON body of a request: 413 when too large, 400 when not the expected JSON. An empty
@@ -486,14 +480,6 @@ async fn logs_v2(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn api_keys_compare_by_content_and_length() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-    }
 
     #[test]
     fn the_v2_list_query_decodes_what_the_sdk_sends() {

@@ -6,15 +6,21 @@
 //!   a `Host: <port>-<sandboxID>.<domain>`, or as signed `/files` URLs: forwarded byte for
 //!   byte to that port inside the sandbox ([`proxy`]);
 //! - **control-plane requests** (everything else): the E2B REST API over
-//!   [`SingleNodeBackend`], behind the `X-API-KEY` check ([`control`]).
+//!   [`SingleNodeBackend`], behind the API key check: `X-API-KEY` or `Authorization: Bearer`
+//!   ([`control`], [`auth`]).
 //!
-//! Every error body is E2B's `{"code": int, "message": str}` ([`error`]).
+//! Every error body is E2B's `{"code": int, "message": str}` ([`error`]). Both listeners
+//! (plain and TLS) bound what one client can hold: a connection cap, a header read timeout
+//! and a TLS handshake timeout ([`listener`]); control-plane bodies are capped at
+//! [`control::MAX_BODY_BYTES`], proxied bodies are streamed and not capped.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod control;
 pub mod dto;
 pub mod error;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod tls;
@@ -29,7 +35,8 @@ use tower::ServiceExt as _;
 /// Settings of the E2B face.
 #[derive(Clone, Debug)]
 pub struct E2bConfig {
-    /// The key every control-plane request must carry in `X-API-KEY`.
+    /// The key every control-plane request must carry (`X-API-KEY` or `Authorization:
+    /// Bearer`), and which the proxy never forwards into a sandbox.
     pub api_key: String,
     /// The sandbox domain: `Host: <port>-<id>.<domain>` routes to a sandbox, and responses
     /// carry it as `domain` when [`E2bConfig::advertise_domain`] is set.
@@ -39,10 +46,13 @@ pub struct E2bConfig {
     pub advertise_domain: bool,
     /// The envd version sandboxes report (the SDK gates features on it).
     pub envd_version: String,
+    /// Connection cap and timeouts of every listener ([`listener`]).
+    pub connections: listener::ConnectionLimits,
 }
 
 impl E2bConfig {
-    /// Settings with `api_key`, the default domain `e2b.localhost` and envd version `0.6.4`.
+    /// Settings with `api_key`, the default domain `e2b.localhost`, envd version `0.6.4` and
+    /// the default [`listener::ConnectionLimits`].
     #[must_use]
     pub fn new(api_key: impl Into<String>) -> Self {
         Self {
@@ -50,6 +60,7 @@ impl E2bConfig {
             domain: "e2b.localhost".to_owned(),
             advertise_domain: false,
             envd_version: "0.6.4".to_owned(),
+            connections: listener::ConnectionLimits::default(),
         }
     }
 }
@@ -104,22 +115,20 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .with_state(state)
 }
 
-/// Serve [`app`] on `listener` until `shutdown` completes (connections then drain).
+/// Serve [`app`] on `listener` until `shutdown` completes (connections then drain), within
+/// the config's [`E2bConfig::connections`] limits.
 ///
 /// # Errors
 ///
-/// When accepting connections fails.
+/// None so far: failed accepts are logged and retried (see [`listener::serve_connections`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // Connect streams are many small writes: without TCP_NODELAY each waits for an ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app(state).into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.config.connections;
+    listener::serve_connections(listener, app(state), limits, shutdown, |tcp| async {
+        Ok(tcp)
+    })
+    .await
 }

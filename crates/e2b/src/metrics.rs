@@ -159,6 +159,17 @@ pub fn render(state: &AppState) -> String {
         "firkin_proxy_bytes_total{{direction=\"from_sandbox\"}} {}",
         proxy.bytes_from_sandboxes
     );
+    write_header(
+        &mut out,
+        "firkin_proxy_signature_checks_total",
+        "counter",
+        "Signatures computed to find the sandbox of signed /files URLs that named none.",
+    );
+    let _ = writeln!(
+        out,
+        "firkin_proxy_signature_checks_total {}",
+        proxy.signature_checks
+    );
     out
 }
 

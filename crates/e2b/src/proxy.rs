@@ -5,9 +5,10 @@
 //! `GET`/`POST /files` URL (the sandbox is then the one whose envd access token makes the
 //! signature fit). Such a request is sent on to the port's address from the backend's
 //! [`PortRegistry`](firkin_single_node::PortRegistry) with the same method, path, query and
-//! end-to-end headers; bodies are streamed frame by frame in both directions, never
-//! buffered, so chunked uploads and Connect server streams flow message by message. An
-//! `Upgrade` (websocket) request whose target answers 101 becomes a byte pipe.
+//! end-to-end headers, less the daemon's own credentials ([`crate::auth`]); bodies are
+//! streamed frame by frame in both directions, never buffered, so chunked uploads and Connect
+//! server streams flow message by message. An `Upgrade` (websocket) request whose target
+//! answers 101 becomes a byte pipe.
 
 use std::error::Error as StdError;
 use std::io;
@@ -28,6 +29,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::AppState;
+use crate::auth::{constant_time_eq, strip_daemon_credentials};
 use crate::error::{ApiError, port_not_open, sandbox_gone};
 
 /// The port of envd inside every sandbox (the default of `E2b-Sandbox-Port`).
@@ -42,10 +44,16 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
 const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
 
-/// The proxy's connection pool (keep-alive, per sandbox address) and its traffic counters.
+/// How many signed `/files` URLs the proxy remembers the sandbox of.
+const SIGNED_URLS_REMEMBERED: usize = 1024;
+
+/// The proxy's connection pool (keep-alive, per sandbox address), the sandboxes of signed URLs
+/// seen before, and its traffic counters.
 #[derive(Debug)]
 pub struct Proxy {
     client: Client<HttpConnector, Body>,
+    /// Signature → sandbox id, for signed URLs that named no sandbox and matched one.
+    signed_urls: std::sync::Mutex<std::collections::HashMap<String, String>>,
     counters: Arc<Counters>,
 }
 
@@ -54,6 +62,7 @@ struct Counters {
     requests: AtomicU64,
     bytes_to_sandboxes: AtomicU64,
     bytes_from_sandboxes: AtomicU64,
+    signature_checks: AtomicU64,
 }
 
 /// What the proxy has carried so far (body bytes, and bytes of upgraded connections).
@@ -65,6 +74,8 @@ pub struct ProxyStats {
     pub bytes_to_sandboxes: u64,
     /// Body bytes received from sandboxes.
     pub bytes_from_sandboxes: u64,
+    /// Signatures computed to find the sandbox of a signed `/files` URL that named none.
+    pub signature_checks: u64,
 }
 
 impl Default for Proxy {
@@ -86,6 +97,7 @@ impl Proxy {
             .build(connector);
         Self {
             client,
+            signed_urls: std::sync::Mutex::default(),
             counters: Arc::default(),
         }
     }
@@ -97,6 +109,7 @@ impl Proxy {
             requests: self.counters.requests.load(Ordering::Relaxed),
             bytes_to_sandboxes: self.counters.bytes_to_sandboxes.load(Ordering::Relaxed),
             bytes_from_sandboxes: self.counters.bytes_from_sandboxes.load(Ordering::Relaxed),
+            signature_checks: self.counters.signature_checks.load(Ordering::Relaxed),
         }
     }
 }
@@ -272,11 +285,79 @@ impl SignedFiles {
         signature::sign(&self.path, self.operation, username, token, self.expiration)
     }
 
+    /// Whether the signature has the shape envd's signatures have (`v1_` and 43 base64
+    /// characters): anything else fits no sandbox, and costs no hashing.
+    fn well_formed(&self) -> bool {
+        self.signature.len() == 46
+            && self.signature.starts_with("v1_")
+            && self.signature[3..]
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'+' || byte == b'/')
+    }
+
+    /// Whether the signature fits `sandbox`'s envd token.
+    fn fits(&self, state: &AppState, sandbox: &firkin_single_node::SandboxSession) -> bool {
+        let Some(token) = sandbox.record().envd_access_token.as_deref() else {
+            return false;
+        };
+        state
+            .proxy
+            .counters
+            .signature_checks
+            .fetch_add(1, Ordering::Relaxed);
+        constant_time_eq(self.expected(token).as_bytes(), self.signature.as_bytes())
+    }
+
     /// The live (running or paused) sandbox whose envd token makes the signature fit.
+    ///
+    /// Such a URL names no sandbox (recipe A: `E2B_SANDBOX_URL/files?...`), so the first time
+    /// a signature is seen it is checked against each live sandbox (one SHA-256 each); a
+    /// signature that fitted is remembered, so fetching the same URL again costs one check.
     fn find_sandbox(&self, state: &AppState) -> Option<String> {
-        if self.expiration_garbled {
+        if self.expiration_garbled || !self.well_formed() {
             return None;
         }
+        let remembered = state
+            .proxy
+            .signed_urls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&self.signature)
+            .cloned();
+        if let Some(id) = remembered {
+            if let Ok(sandbox) = state.backend.get(&id)
+                && self.fits(state, &sandbox)
+            {
+                return Some(id);
+            }
+            // Gone: no other sandbox has its token, so nothing else fits either.
+            self.forget(state);
+            return None;
+        }
+        let id = self.scan(state)?;
+        let mut remembered = state
+            .proxy
+            .signed_urls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if remembered.len() >= SIGNED_URLS_REMEMBERED {
+            remembered.clear();
+        }
+        remembered.insert(self.signature.clone(), id.clone());
+        Some(id)
+    }
+
+    fn forget(&self, state: &AppState) {
+        state
+            .proxy
+            .signed_urls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.signature);
+    }
+
+    /// Check the signature against every live sandbox.
+    fn scan(&self, state: &AppState) -> Option<String> {
         let mut query = ListQuery {
             limit: Some(ListQuery::MAX_LIMIT),
             ..ListQuery::default()
@@ -289,20 +370,12 @@ impl SignedFiles {
                     return None;
                 }
             };
-            for sandbox in &page.sandboxes {
-                if let Some(token) = sandbox.record().envd_access_token.as_deref()
-                    && constant_time_eq(self.expected(token).as_bytes(), self.signature.as_bytes())
-                {
-                    return Some(sandbox.sandbox_id().to_owned());
-                }
+            if let Some(sandbox) = page.sandboxes.iter().find(|s| self.fits(state, s)) {
+                return Some(sandbox.sandbox_id().to_owned());
             }
             query.next_token = Some(page.next_token?);
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The 502 for a paused sandbox: not "was not found" (it exists), and `connect` resumes it.
@@ -433,9 +506,14 @@ async fn forward(state: &AppState, id: &str, port: u16, mut request: Request<Bod
         None
     };
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    // The pipe keeps the client connection's slot under the listener's cap.
+    let slot = request
+        .extensions_mut()
+        .remove::<crate::listener::ConnectionSlot>();
 
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    strip_daemon_credentials(&mut parts.headers, &state.config.api_key);
     if let Some(protocol) = &upgrade {
         parts
             .headers
@@ -496,6 +574,7 @@ async fn forward(state: &AppState, id: &str, port: u16, mut request: Request<Bod
         let counters = proxy.counters.clone();
         let sandbox = id.to_owned();
         tokio::spawn(async move {
+            let _slot = slot;
             let (client, upstream) = match tokio::try_join!(client_upgrade, sandbox_upgrade) {
                 Ok(both) => both,
                 Err(error) => {

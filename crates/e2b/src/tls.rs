@@ -199,44 +199,25 @@ impl LocalCa {
     }
 }
 
-/// Serve `app` over TLS on `listener` until `shutdown` completes.
+/// Serve `app` over TLS on `listener` within `limits` until `shutdown` completes
+/// (connections then drain).
 ///
 /// # Errors
 ///
-/// When accepting connections fails.
+/// None so far: failed accepts are logged and retried (see
+/// [`serve_connections`](crate::listener::serve_connections)).
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     config: Arc<rustls::ServerConfig>,
     app: axum::Router,
+    limits: crate::listener::ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            () = &mut shutdown => return Ok(()),
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(tls) => tls,
-                Err(error) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .with_upgrades();
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "TLS connection ended with an error");
-            }
-        });
-    }
+    crate::listener::serve_connections(listener, app, limits, shutdown, move |tcp| {
+        acceptor.accept(tcp)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -190,9 +190,13 @@ mod tests {
 
     impl Harness {
         async fn start() -> Self {
+            Self::start_with(E2bConfig::new("key")).await
+        }
+
+        async fn start_with(config: E2bConfig) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let backend = backend(dir.path()).await;
-            let state = AppState::new(backend.clone(), E2bConfig::new("key"));
+            let state = AppState::new(backend.clone(), config);
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let app = listener.local_addr().unwrap();
             tokio::spawn(firkin_e2b::serve(
@@ -574,6 +578,64 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_upgraded_pipe_keeps_its_connection_slot() {
+        let mut config = E2bConfig::new("key");
+        config.connections.max_connections = 1;
+        let h = Harness::start_with(config).await;
+        let envd = Upstream::start("envd").await;
+        let user = Upstream::start("user").await;
+        let (id, _) = h.sandbox(envd.addr).await;
+
+        let mut pipe = TcpStream::connect(h.app).await.unwrap();
+        let head = format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: {id}\r\nE2b-Sandbox-Port: {}\r\n\
+             Connection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+            user.addr.port()
+        );
+        pipe.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_head(&mut pipe).await;
+        assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+        pipe.write_all(b"ping").await.unwrap();
+        let mut echoed = [0_u8; 4];
+        timeout(WAIT, pipe.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&echoed, b"ping");
+
+        // The pipe holds the only slot: another client waits, unread.
+        let mut next = TcpStream::connect(h.app).await.unwrap();
+        next.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut byte = [0_u8; 1];
+        let early = timeout(Duration::from_millis(300), next.read(&mut byte)).await;
+        assert!(
+            early.is_err(),
+            "served while the pipe held the slot: {early:?}"
+        );
+
+        drop(pipe);
+        let answer = read_head(&mut next).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    }
+
+    /// A response head, byte by byte (nothing after it is read).
+    async fn read_head(stream: &mut TcpStream) -> String {
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\n") {
+            let mut byte = [0_u8; 1];
+            let n = timeout(WAIT, stream.read(&mut byte))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&answer));
+            answer.push(byte[0]);
+        }
+        String::from_utf8(answer).unwrap()
+    }
+
+    #[tokio::test]
     async fn unknown_paused_and_deleted_sandboxes_get_a_502() {
         let h = Harness::start().await;
         let envd = Upstream::start("envd").await;
@@ -735,6 +797,164 @@ mod tests {
             );
         }
         assert_eq!((envd_a.hits(), envd_b.hits()), (0, 2));
+    }
+
+    #[tokio::test]
+    async fn the_daemons_key_never_reaches_a_sandbox() {
+        let h = Harness::start().await;
+        let envd = Upstream::start("envd").await;
+        let user = Upstream::start("user").await;
+        let (id, token) = h.sandbox(envd.addr).await;
+        let signature = encode(&sign("a.txt", "read", "", &token, None));
+
+        // Every way a request reaches a sandbox: headers, host name, a signed URL.
+        let by_headers = h
+            .to_sandbox(&id, user.addr.port(), "/echo")
+            .header("authorization", "Bearer key");
+        let by_host = Request::builder()
+            .uri("/echo")
+            .header("host", format!("{}-{id}.e2b.localhost", user.addr.port()))
+            .header("authorization", "bEaReR key");
+        let signed = h
+            .request(
+                Method::GET,
+                &format!("/files?path=a.txt&signature={signature}"),
+            )
+            .header("authorization", "Bearer key");
+        for (route, request) in [
+            ("headers", by_headers),
+            ("host", by_host),
+            ("signed", signed),
+        ] {
+            let (status, text) = h
+                .fetch(
+                    request
+                        .header("x-api-key", "key")
+                        .header("x-access-token", "envd-token")
+                        .header("e2b-traffic-access-token", "traffic-token")
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{route}: {text}");
+            assert!(text.starts_with("tag="), "{route}: {text}");
+            let lower = text.to_ascii_lowercase();
+            assert!(!lower.contains("x-api-key"), "{route}: {text}");
+            assert!(!lower.contains("authorization"), "{route}: {text}");
+            assert!(!text.contains("key\n"), "{route}: {text}");
+            // What the sandbox needs stays.
+            assert!(
+                text.contains("x-access-token: envd-token\n"),
+                "{route}: {text}"
+            );
+            assert!(
+                text.contains("e2b-traffic-access-token: traffic-token\n"),
+                "{route}: {text}"
+            );
+        }
+
+        // Any X-API-KEY goes; an Authorization that is not the daemon's key passes (envd's
+        // user selection, a user's own server's token).
+        for (authorization, kept) in [
+            ("Basic dXNlcjo=", true),
+            ("Bearer the-users-own-token", true),
+            ("Bearer key", false),
+        ] {
+            let (status, text) = h
+                .fetch(
+                    h.to_sandbox(&id, user.addr.port(), "/echo")
+                        .header("x-api-key", "some-other-deployments-key")
+                        .header("authorization", authorization)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{text}");
+            assert!(!text.contains("x-api-key"), "{text}");
+            assert_eq!(
+                text.contains(&format!("authorization: {authorization}\n")),
+                kept,
+                "{authorization}: {text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_signed_url_seen_before_costs_one_signature_check() {
+        let h = Harness::start().await;
+        let envd = Upstream::start("envd").await;
+        let (mut ids, mut urls) = (Vec::new(), Vec::new());
+        for _ in 0..4 {
+            let (id, token) = h.sandbox(envd.addr).await;
+            ids.push(id);
+            let signature = encode(&sign("a.txt", "read", "", &token, None));
+            urls.push(format!("/files?path=a.txt&signature={signature}"));
+        }
+        let checks = || h.state.proxy.stats().signature_checks;
+        let fetch_all = || async {
+            let before = checks();
+            for url in &urls {
+                let (status, text) = h
+                    .fetch(h.request(Method::GET, url).body(Body::empty()).unwrap())
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{url}: {text}");
+            }
+            checks() - before
+        };
+        // First sight: each URL is checked against the live sandboxes until one fits.
+        let first = fetch_all().await;
+        assert!((4..=4 * 4).contains(&first), "{first}");
+        // Again: one check per URL, against the sandbox it fitted.
+        assert_eq!(fetch_all().await, 4);
+        assert_eq!(envd.hits(), 8);
+
+        // A request that names its sandbox (header or host) is never checked by the proxy:
+        // envd checks the signature itself.
+        let (id, token) = h.sandbox(envd.addr).await;
+        let url = format!(
+            "/files?path=b.txt&signature={}",
+            encode(&sign("b.txt", "read", "", &token, None))
+        );
+        let before = checks();
+        let named = [
+            h.request(Method::GET, &url).header("e2b-sandbox-id", &id),
+            Request::builder()
+                .uri(&url)
+                .header("host", format!("{ENVD_PORT}-{id}.e2b.localhost")),
+        ];
+        for request in named {
+            let (status, _) = h.fetch(request.body(Body::empty()).unwrap()).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        // A signature that cannot be envd's is refused without hashing.
+        for junk in ["v1_short", "nonsense", &format!("v1_{}", "!".repeat(43))] {
+            let (status, text) = h
+                .fetch(
+                    h.request(
+                        Method::GET,
+                        &format!("/files?path=a&signature={}", encode(junk)),
+                    )
+                    .body(Body::empty())
+                    .unwrap(),
+                )
+                .await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{junk}: {text}");
+        }
+        assert_eq!(checks(), before);
+
+        // The remembered URL of a deleted sandbox costs at most one check, and is refused.
+        h.backend.delete(&ids[0]).await.unwrap();
+        let before = checks();
+        let (status, text) = h
+            .fetch(
+                h.request(Method::GET, &urls[0])
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+        assert!(checks() - before <= 1, "{}", checks() - before);
+        assert_eq!(envd.hits(), 10);
     }
 
     fn encode(value: &str) -> String {

@@ -797,7 +797,8 @@ impl RuntimeDriver for NamespaceDriver {
     }
 
     async fn pause(&self, sandbox_id: &str) -> Result<()> {
-        self.cgroup_of(sandbox_id)?.freeze().map_err(launch_failed)
+        self.with_cgroup(sandbox_id, |cgroup| cgroup.freeze().map_err(launch_failed))
+            .await
     }
 
     async fn shutdown(&self) -> Result<()> {
@@ -817,23 +818,23 @@ impl RuntimeDriver for NamespaceDriver {
     }
 
     async fn metrics(&self, sandbox_id: &str) -> Result<RuntimeMetrics> {
-        let cgroup = self.cgroup_of(sandbox_id)?;
-        let measure =
-            |error| Error::RuntimeCommandFailed(format!("metrics of {sandbox_id}: {error}"));
+        let id = sandbox_id.to_owned();
         let dir = self.sandbox_path(sandbox_id);
-        let disk_used_bytes = tokio::task::spawn_blocking(move || disk_usage(&dir))
-            .await
-            .unwrap_or(0);
-        Ok(RuntimeMetrics {
-            cpu_usage_usec: cgroup.cpu_usage_usec().map_err(measure)?,
-            memory_used_bytes: cgroup.memory_usage_bytes().map_err(measure)?,
-            memory_cache_bytes: cgroup.memory_cache_bytes().map_err(measure)?,
-            disk_used_bytes,
+        self.with_cgroup(sandbox_id, move |cgroup| {
+            let measure = |error| Error::RuntimeCommandFailed(format!("metrics of {id}: {error}"));
+            Ok(RuntimeMetrics {
+                cpu_usage_usec: cgroup.cpu_usage_usec().map_err(measure)?,
+                memory_used_bytes: cgroup.memory_usage_bytes().map_err(measure)?,
+                memory_cache_bytes: cgroup.memory_cache_bytes().map_err(measure)?,
+                disk_used_bytes: disk_usage(&dir),
+            })
         })
+        .await
     }
 
     async fn resume(&self, sandbox_id: &str) -> Result<()> {
-        self.cgroup_of(sandbox_id)?.thaw().map_err(launch_failed)
+        self.with_cgroup(sandbox_id, |cgroup| cgroup.thaw().map_err(launch_failed))
+            .await
     }
 }
 
@@ -846,11 +847,21 @@ impl NamespaceDriver {
             .cloned()
     }
 
-    fn cgroup_of(&self, sandbox_id: &str) -> Result<SandboxCgroup> {
+    /// Runs `work` on a live sandbox's cgroup on a blocking thread: cgroup files are plain
+    /// file I/O, and a freeze polls until the kernel reports it done.
+    async fn with_cgroup<T: Send + 'static>(
+        &self,
+        sandbox_id: &str,
+        work: impl FnOnce(SandboxCgroup) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let handle = self
             .live_handle(sandbox_id)
             .ok_or_else(|| Error::SandboxNotFound(sandbox_id.to_owned()))?;
-        SandboxCgroup::open(handle.cgroup).map_err(launch_failed)
+        tokio::task::spawn_blocking(move || {
+            work(SandboxCgroup::open(handle.cgroup).map_err(launch_failed)?)
+        })
+        .await
+        .map_err(launch_failed)?
     }
 
     /// The directory holding a live sandbox's overlay layers (named after the sandbox, or

@@ -13,7 +13,7 @@ from e2b import Sandbox
 from test_errors import assert_error, raw
 
 
-def proxied(sandbox_id: str, path: str, port: int = 49983, token: str | None = None, body=None):
+def proxied(sandbox_id: str, path: str, port: int = 49983, token: str | None = None, body=None, headers=None):
     request = urllib.request.Request(
         os.environ["E2B_SANDBOX_URL"] + path, data=body, method="POST" if body is not None else "GET"
     )
@@ -23,6 +23,8 @@ def proxied(sandbox_id: str, path: str, port: int = 49983, token: str | None = N
         request.add_header("X-Access-Token", token)
     if body is not None:
         request.add_header("Content-Type", "application/json")
+    for key, value in (headers or {}).items():
+        request.add_header(key, value)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.headers, response.read()
