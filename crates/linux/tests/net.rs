@@ -568,6 +568,7 @@ mod tests {
             pool_size: 1,
             netns_dir: dir.join("netns"),
             default_internet_access: false,
+            egress_allow_private: Vec::new(),
         }
     }
 

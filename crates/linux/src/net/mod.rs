@@ -67,6 +67,8 @@
 //! package `nftables`), and a kernel with nf_tables, veth and network namespaces.
 
 pub mod addr;
+pub mod egress;
+pub mod forward;
 mod netns;
 pub mod nft;
 mod overlap;
@@ -100,6 +102,10 @@ pub struct NetConfig {
     pub netns_dir: PathBuf,
     /// Egress of pooled slots; [`SlotPool::take`] changes it when a sandbox asks otherwise.
     pub default_internet_access: bool,
+    /// Parts of the private ranges ([`egress::PRIVATE_RANGES`]) that slots with egress may
+    /// reach after all; empty by default. The host, link-local and every pool's slots stay
+    /// refused even when covered.
+    pub egress_allow_private: Vec<Ipv4Net>,
 }
 
 impl Default for NetConfig {
@@ -111,6 +117,7 @@ impl Default for NetConfig {
             pool_size: 4,
             netns_dir: PathBuf::from("/run/firkin/netns"),
             default_internet_access: true,
+            egress_allow_private: Vec::new(),
         }
     }
 }
@@ -138,6 +145,9 @@ impl NetConfig {
                     self.pool_size, self.range
                 ),
             });
+        }
+        for net in &self.egress_allow_private {
+            egress::check_opt_in(*net)?;
         }
         if !self.netns_dir.is_absolute() {
             return Err(NetError::InvalidConfig {
@@ -291,13 +301,24 @@ pub enum NetError {
         /// What it printed on stderr.
         stderr: String,
     },
-    /// Writing a sysctl failed.
-    #[error("cannot write {value} to {path}")]
+    /// Reading or writing a sysctl failed.
+    #[error("cannot {step} {path}")]
     Sysctl {
         /// The `/proc/sys` file.
         path: PathBuf,
-        /// The value written.
-        value: &'static str,
+        /// `read`, or `write <value> to`.
+        step: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The record of a sysctl value firkin replaced (to restore it later) failed.
+    #[error("cannot {step} {path}, the record of the sysctl value firkin replaced")]
+    SysctlRecord {
+        /// The record file.
+        path: PathBuf,
+        /// The step that failed.
+        step: &'static str,
         /// The cause.
         #[source]
         source: io::Error,

@@ -51,8 +51,8 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use super::NetError;
 use super::addr::{HOST_IF_PREFIX, InstanceTag, Ipv4Net};
+use super::{NetError, egress};
 
 /// What the name of every firkin table starts with (`inet` family): `firkin_<tag>`.
 pub const TABLE_PREFIX: &str = "firkin_";
@@ -68,10 +68,16 @@ pub const EGRESS_GROUP: u32 = 0x6672_6b6e;
 /// The metadata/link-local range that is always blocked.
 pub const LINK_LOCAL: &str = "169.254.0.0/16";
 
-/// The whole table of instance `tag` for `range`: creates what is missing and rewrites the
-/// chains' rules. Atomic, and harmless to live slots (their egress switch is on their
-/// interface).
-pub fn table_ruleset(range: Ipv4Net, tag: InstanceTag) -> String {
+/// The set of destinations refused to every slot unless opted in ([`egress::PRIVATE_RANGES`]).
+pub const PRIVATE_SET: &str = "private";
+
+/// The set of the operator's opt-ins ([`super::NetConfig::egress_allow_private`]).
+pub const ALLOWED_SET: &str = "private_allowed";
+
+/// The whole table of instance `tag` for `range`, with the private ranges `allow_private`
+/// opted in: creates what is missing and rewrites the chains' rules and the sets' elements.
+/// Atomic, and harmless to live slots (their egress switch is on their interface).
+pub fn table_ruleset(range: Ipv4Net, tag: InstanceTag, allow_private: &[Ipv4Net]) -> String {
     let t = format!("inet {}", table_name(tag));
     let any = format!("\"{}*\"", tag.host_if_prefix());
     let firkin = format!("\"{HOST_IF_PREFIX}*\"");
@@ -93,10 +99,30 @@ pub fn table_ruleset(range: Ipv4Net, tag: InstanceTag) -> String {
     line(format!(
         "add rule {t} refuse reject with icmpx admin-prohibited"
     ));
+    // Interval sets: the private ranges, and the operator's opt-ins (flushed and refilled,
+    // so a restarted daemon applies its new list to the live slots too).
+    let allowed = egress::normalize(allow_private);
+    for (set, elements) in [
+        (PRIVATE_SET, egress::private_ranges()),
+        (ALLOWED_SET, allowed),
+    ] {
+        line(format!(
+            "add set {t} {set} {{ type ipv4_addr; flags interval; }}"
+        ));
+        line(format!("flush set {t} {set}"));
+        if !elements.is_empty() {
+            let list: Vec<String> = elements.iter().map(Ipv4Net::to_string).collect();
+            line(format!("add element {t} {set} {{ {} }}", list.join(", ")));
+        }
+    }
     for (chain, spec) in [
         (
             "input",
             "type filter hook input priority filter - 10; policy accept;",
+        ),
+        (
+            "output",
+            "type filter hook output priority filter - 10; policy accept;",
         ),
         (
             "forward",
@@ -117,6 +143,14 @@ pub fn table_ruleset(range: Ipv4Net, tag: InstanceTag) -> String {
     line(format!(
         "add rule {t} input iifname {any} {reject} comment \"sandbox to host\""
     ));
+    // Host -> sandbox: only from root's sockets (the daemon). No `ct state` exception: no
+    // connection with a slot can exist that a host user's socket may use (see the module doc).
+    line(format!(
+        "add rule {t} output oifname {any} meta skuid != 0 {reject} comment \"host user to a slot\""
+    ));
+    line(format!(
+        "add rule {t} output ip daddr {range} meta skuid != 0 {reject} comment \"host user to the slot range\""
+    ));
     // Replies into a slot pass; new connections from a slot to blocked destinations are
     // rejected (fast failure for the sandbox, slot to slot included) before the silent drop
     // of anything else heading into a slot (the outside world opening connections).
@@ -131,6 +165,10 @@ pub fn table_ruleset(range: Ipv4Net, tag: InstanceTag) -> String {
     ));
     line(format!(
         "add rule {t} forward iifname {any} oifname {firkin} {reject} comment \"to another pool's slot\""
+    ));
+    // After the slot rules, so an opt-in never opens the slots, and before the egress switch.
+    line(format!(
+        "add rule {t} forward iifname {any} ip daddr @{PRIVATE_SET} ip daddr != @{ALLOWED_SET} {reject} comment \"private ranges\""
     ));
     // The same traffic seen from the other side: the tables of two pools hook in at the same
     // priority in no set order, so each rejects both directions before its silent drop.
@@ -222,7 +260,7 @@ mod tests {
     fn table_blocks_host_metadata_and_range_for_every_slot() {
         let tag = InstanceTag::of_dir(std::path::Path::new("/run/firkin/netns"));
         assert_eq!(tag.to_string(), "51a73");
-        let text = table_ruleset("10.200.0.0/16".parse().unwrap(), tag);
+        let text = table_ruleset("10.200.0.0/16".parse().unwrap(), tag, &[]);
         let has = |needle: &str| {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         };
@@ -255,7 +293,11 @@ mod tests {
     fn every_rule_names_its_own_instance() {
         let a = InstanceTag::of_dir(std::path::Path::new("/a/netns"));
         let b = InstanceTag::of_dir(std::path::Path::new("/b/netns"));
-        let text = table_ruleset("10.9.0.0/24".parse().unwrap(), a);
+        let text = table_ruleset(
+            "10.9.0.0/24".parse().unwrap(),
+            a,
+            &["192.168.0.0/24".parse().unwrap()],
+        );
         for rule in text.lines().filter(|l| l.starts_with("add rule")) {
             assert!(rule.contains(&format!("inet firkin_{a} ")), "{rule}");
             assert!(!rule.contains(&b.to_string()), "{rule}");
@@ -274,5 +316,65 @@ mod tests {
             delete_ruleset(a),
             format!("add table inet firkin_{a}\ndelete table inet firkin_{a}\n")
         );
+    }
+
+    #[test]
+    fn host_users_are_refused_on_the_way_out_to_a_slot() {
+        let tag = InstanceTag::of_dir(std::path::Path::new("/run/firkin/netns"));
+        let text = table_ruleset("10.200.0.0/16".parse().unwrap(), tag, &[]);
+        let has = |needle: &str| {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        };
+        has(
+            "add chain inet firkin_51a73 output { type filter hook output priority filter - 10; policy accept; }\n",
+        );
+        has("flush chain inet firkin_51a73 output\n");
+        // Through an own veth (IPv6 link-local included) and to the range, sockets not root's.
+        has(
+            "add rule inet firkin_51a73 output oifname \"fk51a73h*\" meta skuid != 0 counter goto refuse",
+        );
+        has(
+            "add rule inet firkin_51a73 output ip daddr 10.200.0.0/16 meta skuid != 0 counter goto refuse",
+        );
+        // No established/related exception in the output chain: every socket is judged.
+        let output: Vec<&str> = text.lines().filter(|l| l.contains(" output ")).collect();
+        assert!(output.iter().all(|l| !l.contains("ct state")), "{output:?}");
+    }
+
+    #[test]
+    fn private_ranges_are_refused_unless_opted_in_after_the_slot_rules() {
+        let tag = InstanceTag::of_dir(std::path::Path::new("/run/firkin/netns"));
+        let opt_ins: Vec<Ipv4Net> = ["192.168.77.0/24", "10.0.0.0/8", "10.1.0.0/16"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let text = table_ruleset("10.200.0.0/16".parse().unwrap(), tag, &opt_ins);
+        let has = |needle: &str| {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        };
+        let t = "inet firkin_51a73";
+        has(&format!(
+            "add set {t} private {{ type ipv4_addr; flags interval; }}\nflush set {t} private\n"
+        ));
+        has(&format!(
+            "add element {t} private {{ 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 }}\n"
+        ));
+        // Nested opt-ins are merged (an interval set refuses overlaps).
+        has(&format!(
+            "flush set {t} private_allowed\nadd element {t} private_allowed {{ 10.0.0.0/8, 192.168.77.0/24 }}\n"
+        ));
+        has(
+            "forward iifname \"fk51a73h*\" ip daddr @private ip daddr != @private_allowed counter goto refuse",
+        );
+        let pos = |n: &str| text.find(n).unwrap();
+        assert!(pos("add set") < pos("@private"), "sets before the rules");
+        // An opt-in covering the slot range or another pool's slots does not open them.
+        assert!(pos("comment \"slot range\"") < pos("@private"));
+        assert!(pos("to another pool's slot") < pos("@private"));
+        assert!(pos("@private") < pos("iifgroup"));
+        // No opt-ins: the allowed set is emptied and gets no elements.
+        let text = table_ruleset("10.200.0.0/16".parse().unwrap(), tag, &[]);
+        assert!(text.contains(&format!("flush set {t} private_allowed\n")));
+        assert!(!text.contains("add element inet firkin_51a73 private_allowed"));
     }
 }
