@@ -52,7 +52,13 @@ pub fn check_opt_in(net: Ipv4Net) -> Result<(), NetError> {
 
 /// Parses and checks one opt-in, as `a.b.c.d/len` (for the command line and config file).
 pub fn parse_opt_in(text: &str) -> Result<Ipv4Net, NetError> {
-    let net: Ipv4Net = text.trim().parse()?;
+    // Ipv4Net's own error speaks of the slot range; this one names the setting.
+    let net: Ipv4Net = text.trim().parse().map_err(|e| match e {
+        NetError::InvalidRange { reason, .. } => NetError::InvalidConfig {
+            reason: format!("egress-allow-private {text}: {reason}"),
+        },
+        other => other,
+    })?;
     check_opt_in(net)?;
     Ok(net)
 }
@@ -110,7 +116,10 @@ mod tests {
         // Malformed input names itself too.
         for bad in ["10.1.2.3/16", "fc00::/7", "192.168.1.0", "nonsense"] {
             let msg = parse_opt_in(bad).unwrap_err().to_string();
-            assert!(msg.contains(bad), "{msg}");
+            assert!(
+                msg.contains(&format!("egress-allow-private {bad}:")),
+                "{msg}"
+            );
         }
     }
 

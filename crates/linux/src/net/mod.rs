@@ -399,6 +399,17 @@ mod tests {
             ..NetConfig::default()
         };
         assert!(c.validate().is_err());
+        let c = NetConfig {
+            egress_allow_private: vec!["192.168.1.0/24".parse().unwrap()],
+            ..NetConfig::default()
+        };
+        c.validate().unwrap();
+        let c = NetConfig {
+            egress_allow_private: vec!["8.8.8.0/24".parse().unwrap()],
+            ..NetConfig::default()
+        };
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("8.8.8.0/24"), "{msg}");
     }
 
     #[test]
