@@ -1,12 +1,17 @@
 //! Network slots against the real kernel (root only; each test skips with a reason otherwise).
 //!
 //! NETWORK SAFETY: every packet here goes between this machine and namespaces these tests
-//! made: loopback, slot veth addresses, and one connection attempt to 169.254.169.254 that
-//! is made only after checking that the ruleset rejects it in the host's forward hook.
+//! made: loopback, slot veth addresses, the host's own addresses (one of them added by a
+//! test on a veth of its own), a namespace `firkin-test-private` holding private addresses
+//! the test assigns (10.123.77.1, 172.16.77.1, 192.168.77.1, 100.64.77.1) behind a veth it
+//! makes, and one connection attempt to 169.254.169.254 that is made only after checking
+//! that the ruleset rejects it in the host's forward hook.
 //!
 //! Most tests share one pool instance (the default namespace directory and range), so they
 //! run one at a time (a process-wide lock), and each ends with a leak check. A guard
-//! reclaims everything of its instance and restores `ip_forward` even when a test fails.
+//! reclaims everything of its instance and restores `ip_forward` (and firkin's record of the
+//! value it replaced) even when a test fails; another deletes the links and namespaces a
+//! test made with `ip`.
 //! Other firkin pools on the host (other test binaries, daemons) have instances of their
 //! own and are left alone.
 

@@ -3,8 +3,10 @@
 //! Masqueraded egress needs the host to forward IPv4. Linux checks forwarding on the *input*
 //! device of each routed packet (`net.ipv4.conf.<if>.forwarding`): a sandbox's packets come in
 //! on its veth, but the replies come in on whichever interface carries the route to the
-//! outside (the uplink, a VPN, a bridge), which changes under the daemon's feet. So the
-//! setting cannot be scoped to firkin's own interfaces: firkin writes `net.ipv4.ip_forward=1`,
+//! outside (the uplink, a VPN, a bridge), which changes under the daemon's feet (checked in
+//! three namespaces: with `all` off, a forwarded connection works only when both the
+//! sandbox-side and the uplink-side interface forward). So the setting cannot be scoped to
+//! firkin's own interfaces: firkin writes `net.ipv4.ip_forward=1`,
 //! which sets `net.ipv4.conf.all.forwarding` and with it every interface's and the default for
 //! new ones. **That is host-wide**: the host then forwards between all its interfaces as its
 //! other firewall rules allow.

@@ -38,17 +38,29 @@
 //! # Egress
 //!
 //! See [`nft`] for the ruleset and why egress is a link group rather than per-slot rules
-//! (deleting an nftables element costs 10–20 ms). Always blocked from a slot: new connections to the host
-//! (any of its addresses; replies to connections the host opened pass, so the daemon
-//! reaches envd and any user port), to other slots (of any pool), to link-local `169.254.0.0/16` (cloud
-//! metadata), to the slot range, and IPv6. With `allow_internet_access` the rest is
-//! forwarded and masqueraded; without it, it is rejected. Blocked TCP connections get a reset
-//! (`ECONNREFUSED`), other blocked traffic ICMP admin-prohibited, so they fail at once
-//! instead of hanging. NAT needs `net.ipv4.ip_forward=1`,
-//! which firkin sets when a slot that allows egress is made. **That setting is host-wide**:
-//! the host then forwards between all its interfaces as its other firewall rules allow.
-//! A sandbox needs a DNS server reachable through egress (a resolver on the host's own
-//! addresses, such as `127.0.0.53`, is blocked by design).
+//! (deleting an nftables element costs 10–20 ms). Always blocked from a slot: new connections
+//! to the host (any of its addresses; replies to connections the host opened pass, so the
+//! daemon reaches envd and any user port), to other slots (of any pool), to link-local
+//! `169.254.0.0/16` (cloud metadata), to the slot range, and IPv6. Blocked unless the operator
+//! opts a part back in ([`NetConfig::egress_allow_private`], see [`egress`]): the private
+//! ranges `10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16` and `100.64.0.0/10`. With
+//! `allow_internet_access` the rest is forwarded and masqueraded; without it, it is rejected.
+//! Blocked TCP connections get a reset (`ECONNREFUSED`), other blocked traffic ICMP
+//! admin-prohibited, so they fail at once instead of hanging. A sandbox needs a DNS server
+//! reachable through egress (a resolver on the host's own addresses, such as `127.0.0.53`, or
+//! on the LAN, is blocked by design unless its range is opted in; the host never is).
+//!
+//! In the other direction, only root's sockets on the host reach a slot (the daemon runs as
+//! root); other host accounts are refused on the way out ([`nft`], `output`).
+//!
+//! # Host settings
+//!
+//! NAT needs `net.ipv4.ip_forward=1`, which firkin sets when a slot that allows egress is
+//! made and the setting is off. **That setting is host-wide** (it cannot be scoped to firkin's
+//! interfaces: Linux checks it on the interface the sandbox's replies come in on, the uplink):
+//! the host then forwards between all its interfaces as its other firewall rules allow. firkin
+//! records the value it replaced and puts it back at the last clean shutdown that leaves no
+//! slot on the host; see [`forward`]. No other sysctl is changed.
 //!
 //! # Pool
 //!

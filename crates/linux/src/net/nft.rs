@@ -1,10 +1,10 @@
 //! The nftables layout of the slots: generated as text (pure, tested without root) and
 //! applied atomically with `nft -f -`.
 //!
-//! One table per pool instance, `inet firkin_<tag>` (see [`InstanceTag`]), with three base
-//! chains, one helper chain and no per-slot rules. Every rule matches the instance's own
-//! veths, `fk<tag>h*` ("own" below), or its own range, so the tables of two pools on one host
-//! (each with a range of its own) never decide for each other's slots:
+//! One table per pool instance, `inet firkin_<tag>` (see [`InstanceTag`]), with four base
+//! chains, one helper chain, two sets and no per-slot rules. Every rule matches the instance's
+//! own veths, `fk<tag>h*` ("own" below), or its own range, so the tables of two pools on one
+//! host (each with a range of its own) never decide for each other's slots:
 //!
 //! - `input` (filter, priority `filter - 10`): traffic from an own veth to any address of
 //!   the host (the slot's gateway, other slots' gateways, the host's own addresses, and so
@@ -12,23 +12,53 @@
 //!   established,related`): the daemon connects into sandboxes, sandboxes never connect out
 //!   to the host. Loopback (`127.0.0.0/8`) is unreachable anyway: the kernel drops
 //!   loopback destinations arriving on a non-loopback interface, and this rule covers the rest.
+//! - `output` (filter, priority `filter - 10`): a packet the host sends out of an own veth
+//!   (IPv6 link-local included) or to the slot range is rejected when its socket is not
+//!   root's (`meta skuid != 0`): only the daemon, which runs as root, talks to sandboxes;
+//!   other host accounts cannot reach envd or any sandbox port. See below for why.
 //! - `forward` (filter, priority `filter - 10`): replies into an own slot pass; traffic *from*
 //!   an own slot to link-local `169.254.0.0/16` (cloud metadata), to the slot range (other
 //!   slots) or out of any firkin veth (`fk*`: another instance's slots) is rejected, as is
 //!   IPv6, and so is traffic from any firkin veth into an own slot (both tables of two pools
-//!   see slot-to-slot traffic between them, in no set order, and either rejects it); anything
-//!   else heading *into* an own slot is dropped (the outside opening connections); what remains from an own slot is accepted only
-//!   when its host-side veth is in the link group [`EGRESS_GROUP`]; everything else from own
-//!   veths is rejected.
+//!   see slot-to-slot traffic between them, in no set order, and either rejects it); then
+//!   traffic to the set `private` (RFC 1918 and CGNAT, [`egress::PRIVATE_RANGES`]) not in
+//!   the set `private_allowed` (the operator's opt-ins) is rejected; anything else heading
+//!   *into* an own slot is dropped (the outside opening connections); what remains from an
+//!   own slot is accepted only when its host-side veth is in the link group
+//!   [`EGRESS_GROUP`]; everything else from own veths is rejected.
 //! - `refuse` (a regular chain, where every rejection goes): a TCP reset for TCP, ICMP
-//!   admin-prohibited otherwise, so a sandbox's connection attempt fails at once instead of
-//!   hanging. TCP gets a reset because the kernel rate-limits ICMP errors per destination.
+//!   admin-prohibited otherwise, so a connection attempt fails at once instead of hanging.
+//!   TCP gets a reset because the kernel rate-limits ICMP errors per destination.
 //! - `postrouting` (nat): traffic from the slot range leaving through a non-own interface is
 //!   masqueraded.
 //!
 //! The table is written at [`super::SlotPool::start`] and deleted at
 //! [`super::SlotPool::shutdown`] when no slot is handed out any more (sandboxes outlive the
 //! daemon, and must stay fenced until the next daemon of the same instance takes over).
+//!
+//! # Why the socket's owner, and no `ct state` exception on the way out
+//!
+//! The threat is another, unprivileged account on the host. Root is the operator: it can
+//! enter any sandbox's namespaces anyway, so a narrower mark (an `SO_MARK` on the daemon's
+//! sockets) would add nothing against it and would have to be set by every connector.
+//! `meta skuid` is the owner of the socket's file (its opener's fsuid; a user namespace does
+//! not change it in the host's namespace). Packets without a socket, or whose socket has no
+//! file (the kernel's own control sockets), never match (the expression fails, so the rule
+//! does not apply): the resets and ICMP errors the kernel sends, including this table's own
+//! rejections of a sandbox's attempts, pass. Forwarded traffic
+//! never crosses `output`. The chain accepts no `ct state established,related` first, on
+//! purpose: a host account could only hold a connection with a slot that the slot opened,
+//! and `input` rejects every connection a slot opens to the host, so there is no flow such
+//! an exception would serve; without it, every packet with a socket is judged by its owner,
+//! whatever conntrack thinks of it.
+//!
+//! # Private ranges and opt-ins
+//!
+//! See [`egress`]. The sets are interval sets, flushed and refilled on every write of the
+//! table, so a restarted daemon applies a changed opt-in list to the live slots as well. The
+//! rule comes after the slot-range and other-pool rules, so an opt-in that covers the slots
+//! (`10.0.0.0/8` covers the default range) never opens them; the host is refused in `input`,
+//! which no opt-in touches.
 //!
 //! # Why a link group, not per-slot rules
 //!
