@@ -802,7 +802,12 @@ mod tests {
     /// How a TCP connect to `addr` by the unprivileged account `user` ended (exit status,
     /// stderr): bash's `/dev/tcp` under `timeout`, so a hang shows as status 124.
     fn connect_as_user(addr: SocketAddr) -> (Option<i32>, String) {
-        let script = format!("exec 3<>/dev/tcp/{}/{}", addr.ip(), addr.port());
+        connect_as_user_to(&addr.ip().to_string(), addr.port())
+    }
+
+    /// [`connect_as_user`] to a host as `getaddrinfo` takes it (`fe80::1%eth0`, say).
+    fn connect_as_user_to(host: &str, port: u16) -> (Option<i32>, String) {
+        let script = format!("exec 3<>/dev/tcp/{host}/{port}");
         let out = Command::new("runuser")
             .args(["-u", "user", "--", "timeout", "5", "bash", "-c", &script])
             .output()
@@ -811,6 +816,38 @@ mod tests {
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// The usable (not tentative) IPv6 link-local address of `ifname` in the calling thread's
+    /// network namespace, if it has one yet.
+    fn link_local(ifname: &str) -> Option<Ipv6Addr> {
+        const TENTATIVE: u32 = 0x40;
+        let table = std::fs::read_to_string("/proc/thread-self/net/if_inet6").ok()?;
+        table.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let addr = Ipv6Addr::from(u128::from_str_radix(fields.first()?, 16).ok()?);
+            let flags = u32::from_str_radix(fields.get(4)?, 16).ok()?;
+            (fields.get(5) == Some(&ifname)
+                && addr.is_unicast_link_local()
+                && flags & TENTATIVE == 0)
+                .then_some(addr)
+        })
+    }
+
+    /// The sandbox side's link-local address, once duplicate address detection has finished
+    /// on both ends of `slot`'s veth (the kernel's condition, polled, at most 10 s).
+    fn slot_link_local(slot: &Slot) -> Ipv6Addr {
+        for _ in 0..200 {
+            let inside = in_netns(&slot.netns_path, || link_local("eth0"));
+            if let (Some(addr), Some(_)) = (inside, link_local(&slot.host_if)) {
+                return addr;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "no usable IPv6 link-local address on both ends of {}",
+            slot.host_if
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -869,6 +906,35 @@ mod tests {
             "refused by the output rule"
         );
         assert_eq!(fetch(envd).expect("root -> envd after"), "hi from envd");
+
+        // IPv6 link-local, which every veth has (a sandbox port bound to `[::]`, reached
+        // without knowing the slot range): refused on the way out too. (Root gets no answer
+        // there either, its connect times out: `input` refuses the sandbox's neighbour
+        // advertisements, which conntrack does not track.)
+        let v6 = serve(
+            in_netns(&slot.netns_path, || {
+                TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)).unwrap()
+            }),
+            "a sandbox port on [::]",
+        );
+        let sandbox_ll = slot_link_local(&slot);
+        let before = counter(&table, "output", "host user to a slot");
+        let (code, stderr) =
+            connect_as_user_to(&format!("{sandbox_ll}%{}", slot.host_if), v6.port());
+        eprintln!(
+            "  user -> [{sandbox_ll}%{}]:{}: status {code:?}, {}",
+            slot.host_if,
+            v6.port(),
+            stderr.trim()
+        );
+        assert_ne!(
+            code,
+            Some(0),
+            "user reached the sandbox over IPv6 link-local"
+        );
+        assert_ne!(code, Some(124), "user's IPv6 connect hung, not refused");
+        assert!(stderr.contains("Connection refused"), "{stderr}");
+        assert!(counter(&table, "output", "host user to a slot") > before);
 
         pool.release(slot).await.expect("release");
         pool.shutdown().await.expect("shutdown");
