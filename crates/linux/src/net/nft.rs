@@ -15,7 +15,9 @@
 //! - `output` (filter, priority `filter - 10`): a packet the host sends out of an own veth
 //!   (IPv6 link-local included) or to the slot range is rejected when its socket is not
 //!   root's (`meta skuid != 0`): only the daemon, which runs as root, talks to sandboxes;
-//!   other host accounts cannot reach envd or any sandbox port. See below for why.
+//!   other host accounts cannot reach envd or any sandbox port. See below for why. (IPv6
+//!   link-local to a slot gets no answer even for root, since `input` refuses the sandbox's
+//!   untracked neighbour advertisements; the veth match refuses it at once all the same.)
 //! - `forward` (filter, priority `filter - 10`): replies into an own slot pass; traffic *from*
 //!   an own slot to link-local `169.254.0.0/16` (cloud metadata), to the slot range (other
 //!   slots) or out of any firkin veth (`fk*`: another instance's slots) is rejected, as is
