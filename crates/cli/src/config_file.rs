@@ -1,7 +1,8 @@
 //! `firkin.toml`: the lowest layer of the daemon's settings. A key set here is used unless the
 //! same setting comes from a `FIRKIN_*` environment variable or a flag (file < environment <
 //! flag). Keys are the flags' names: `listen`, `state-dir`, `api-key`, `domain`, `envd-bin`,
-//! `tls-listen`, `warm-pool`, `slot-range`, `max-connections`. An unknown key is an error, so a typo never goes unnoticed.
+//! `tls-listen`, `warm-pool`, `slot-range`, `max-connections`, `egress-allow-private` (a list
+//! of CIDRs). An unknown key is an error, so a typo never goes unnoticed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub(crate) struct FileConfig {
     pub(crate) slot_range: Option<firkin_linux::net::Ipv4Net>,
     #[serde(default, deserialize_with = "max_connections")]
     pub(crate) max_connections: Option<usize>,
+    #[serde(default, deserialize_with = "private_ranges")]
+    pub(crate) egress_allow_private: Option<Vec<firkin_linux::net::Ipv4Net>>,
 }
 
 /// `max-connections = 4096`, at least 1 as the flag.
@@ -37,6 +40,19 @@ fn max_connections<'de, D: serde::Deserializer<'de>>(
         )),
         n => Ok(Some(n)),
     }
+}
+
+/// `egress-allow-private = ["192.168.1.0/24"]`, each checked as the flag's.
+fn private_ranges<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<firkin_linux::net::Ipv4Net>>, D::Error> {
+    let texts = <Vec<String> as serde::Deserialize>::deserialize(deserializer)?;
+    texts
+        .iter()
+        .map(|text| firkin_linux::net::egress::parse_opt_in(text))
+        .collect::<Result<_, _>>()
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// `slot-range = "10.200.0.0/16"`, checked as the flag is.
@@ -105,6 +121,19 @@ mod tests {
             file.slot_range.map(|r| r.to_string()).as_deref(),
             Some("10.77.0.0/20")
         );
+        assert_eq!(file.egress_allow_private, None);
+        let opted = parse("egress-allow-private = [\"192.168.1.0/24\", \"10.0.0.0/8\"]\n").unwrap();
+        let ranges: Vec<String> = opted
+            .egress_allow_private
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(ranges, ["192.168.1.0/24", "10.0.0.0/8"]);
+        for bad in ["8.8.8.0/24", "10.0.0.1/8", "169.254.0.0/16"] {
+            let error = parse(&format!("egress-allow-private = [\"{bad}\"]\n")).unwrap_err();
+            assert!(format!("{error:#}").contains(bad), "{error:#}");
+        }
         let bad = parse("slot-range = \"10.77.0.0/33\"\n").unwrap_err();
         assert!(format!("{bad:#}").contains("10.77.0.0/33"), "{bad:#}");
         assert_eq!(file.listen, Some("0.0.0.0:49980".parse().unwrap()));

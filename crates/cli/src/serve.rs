@@ -49,6 +49,16 @@ pub(crate) struct ServeArgs {
         value_parser = at_least_one
     )]
     max_connections: usize,
+    /// Private IPv4 ranges (comma-separated CIDRs inside 10.0.0.0/8, 172.16.0.0/12,
+    /// 192.168.0.0/16 or 100.64.0.0/10) that sandboxes with internet access may reach after
+    /// all; by default they reach none. The host and every sandbox stay unreachable.
+    #[arg(
+        long,
+        env = "FIRKIN_EGRESS_ALLOW_PRIVATE",
+        value_delimiter = ',',
+        value_parser = parse_private_range
+    )]
+    egress_allow_private: Vec<firkin_linux::net::Ipv4Net>,
 }
 
 /// A count of 1 or more.
@@ -58,6 +68,11 @@ fn at_least_one(text: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(error) => Err(error.to_string()),
     }
+}
+
+/// One `--egress-allow-private` CIDR, checked as the driver would.
+fn parse_private_range(text: &str) -> Result<firkin_linux::net::Ipv4Net, String> {
+    firkin_linux::net::egress::parse_opt_in(text).map_err(|e| e.to_string())
 }
 
 impl ServeArgs {
@@ -91,6 +106,12 @@ impl ServeArgs {
         }
         if let Some(max) = file.max_connections.filter(|_| unset("max_connections")) {
             self.max_connections = max;
+        }
+        if let Some(ranges) = file
+            .egress_allow_private
+            .filter(|_| unset("egress_allow_private"))
+        {
+            self.egress_allow_private = ranges;
         }
     }
 }
@@ -129,6 +150,7 @@ async fn serve(
     if let Some(range) = args.slot_range {
         driver_config.net.range = range;
     }
+    driver_config.net.egress_allow_private = args.egress_allow_private.clone();
     // The durable state (state.db) shares the directory with the driver's templates,
     // sandboxes and views, so `firkin state show` reads the same directory.
     let store = StateStore::open(state_dir)
@@ -282,4 +304,59 @@ fn stored_api_key(state_dir: &Path) -> anyhow::Result<String> {
         path.display()
     );
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+
+    use super::ServeArgs;
+
+    #[derive(Debug, Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<(ServeArgs, clap::ArgMatches), clap::Error> {
+        let matches = Serve::command().try_get_matches_from(argv)?;
+        Ok((Serve::from_arg_matches(&matches)?.args, matches))
+    }
+
+    fn texts(ranges: &[firkin_linux::net::Ipv4Net]) -> Vec<String> {
+        ranges.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn egress_allow_private_takes_private_cidrs_from_the_flag_or_the_file() {
+        let (args, _) = parse(&["serve"]).unwrap();
+        assert!(args.egress_allow_private.is_empty(), "none by default");
+        let (args, _) = parse(&[
+            "serve",
+            "--egress-allow-private",
+            "192.168.1.0/24,10.0.0.0/8",
+        ])
+        .unwrap();
+        assert_eq!(
+            texts(&args.egress_allow_private),
+            ["192.168.1.0/24", "10.0.0.0/8"]
+        );
+        for bad in ["8.8.8.0/24", "192.168.1.1/24", "169.254.0.0/16", "fc00::/7"] {
+            let error = parse(&["serve", "--egress-allow-private", bad]).unwrap_err();
+            assert!(error.to_string().contains(bad), "{error}");
+        }
+
+        // The file applies unless the flag was given.
+        let file = || crate::config_file::FileConfig {
+            egress_allow_private: Some(vec!["172.16.0.0/12".parse().unwrap()]),
+            ..Default::default()
+        };
+        let (mut args, matches) = parse(&["serve"]).unwrap();
+        args.apply_file(file(), &matches);
+        assert_eq!(texts(&args.egress_allow_private), ["172.16.0.0/12"]);
+        let (mut args, matches) =
+            parse(&["serve", "--egress-allow-private", "100.64.0.0/10"]).unwrap();
+        args.apply_file(file(), &matches);
+        assert_eq!(texts(&args.egress_allow_private), ["100.64.0.0/10"]);
+    }
 }

@@ -1,12 +1,17 @@
 //! Network slots against the real kernel (root only; each test skips with a reason otherwise).
 //!
 //! NETWORK SAFETY: every packet here goes between this machine and namespaces these tests
-//! made: loopback, slot veth addresses, and one connection attempt to 169.254.169.254 that
-//! is made only after checking that the ruleset rejects it in the host's forward hook.
+//! made: loopback, slot veth addresses, the host's own addresses (one of them added by a
+//! test on a veth of its own), a namespace `firkin-test-private` holding private addresses
+//! the test assigns (10.123.77.1, 172.16.77.1, 192.168.77.1, 100.64.77.1) behind a veth it
+//! makes, and one connection attempt to 169.254.169.254 that is made only after checking
+//! that the ruleset rejects it in the host's forward hook.
 //!
 //! Most tests share one pool instance (the default namespace directory and range), so they
 //! run one at a time (a process-wide lock), and each ends with a leak check. A guard
-//! reclaims everything of its instance and restores `ip_forward` even when a test fails.
+//! reclaims everything of its instance and restores `ip_forward` (and firkin's record of the
+//! value it replaced) even when a test fails; another deletes the links and namespaces a
+//! test made with `ip`.
 //! Other firkin pools on the host (other test binaries, daemons) have instances of their
 //! own and are left alone.
 
@@ -14,14 +19,16 @@
 mod tests {
     use std::fs::File;
     use std::io::{Read, Write};
-    use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
     use std::os::fd::AsFd;
     use std::path::{Path, PathBuf};
     use std::process::Command;
     use std::time::{Duration, Instant};
 
+    use firkin_linux::driver::ENVD_PORT;
     use firkin_linux::net::{
-        NetConfig, NetError, Slot, SlotPool, find_leftovers, nft::table_name, reclaim_leftovers,
+        NetConfig, NetError, Slot, SlotPool, find_leftovers, forward, nft::table_name,
+        reclaim_leftovers,
     };
     use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
@@ -44,11 +51,13 @@ mod tests {
         ok
     }
 
-    /// Reclaims every network object of a pool instance and restores `ip_forward` when dropped, so a
-    /// failing test leaves nothing behind.
+    /// Reclaims every network object of a pool instance and restores `ip_forward` (and
+    /// firkin's record of the value it replaced) when dropped, so a failing test leaves
+    /// nothing behind.
     struct Cleanup {
         config: NetConfig,
         ip_forward: String,
+        record: Option<String>,
     }
 
     impl Cleanup {
@@ -56,6 +65,7 @@ mod tests {
             Self {
                 config: config.clone(),
                 ip_forward: std::fs::read_to_string(IP_FORWARD).unwrap_or_else(|_| "0".into()),
+                record: std::fs::read_to_string(forward::RECORD).ok(),
             }
         }
     }
@@ -81,6 +91,10 @@ mod tests {
                 Err(_) => eprintln!("cleanup guard panicked"),
             }
             let _ = std::fs::write(IP_FORWARD, self.ip_forward.trim());
+            let _ = match &self.record {
+                Some(value) => std::fs::write(forward::RECORD, value),
+                None => std::fs::remove_file(forward::RECORD),
+            };
         }
     }
 
@@ -563,6 +577,7 @@ mod tests {
             pool_size: 1,
             netns_dir: dir.join("netns"),
             default_internet_access: false,
+            egress_allow_private: Vec::new(),
         }
     }
 
@@ -714,5 +729,498 @@ mod tests {
         pool_a.release(a).await.expect("release a");
         pool_a.shutdown().await.expect("shutdown a");
         leak_check(&config_a, &[]);
+    }
+
+    // The boundary between host users, sandboxes, the host and private networks.
+
+    /// Runs a command, panicking with its stderr when it fails.
+    fn run(args: &[&str]) {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Links and network namespaces a test made with `ip`, deleted when dropped (also
+    /// before use, in case a failed run left them).
+    struct TestNet {
+        links: Vec<&'static str>,
+        netns: Vec<&'static str>,
+    }
+
+    impl TestNet {
+        fn new(links: Vec<&'static str>, netns: Vec<&'static str>) -> Self {
+            let net = Self { links, netns };
+            net.remove();
+            net
+        }
+
+        fn remove(&self) {
+            for link in &self.links {
+                let _ = Command::new("ip").args(["link", "del", link]).output();
+            }
+            for netns in &self.netns {
+                let _ = Command::new("ip").args(["netns", "del", netns]).output();
+            }
+        }
+    }
+
+    impl Drop for TestNet {
+        fn drop(&mut self) {
+            self.remove();
+            for link in &self.links {
+                assert!(
+                    !Path::new("/sys/class/net").join(link).exists() || std::thread::panicking(),
+                    "LEAK: test link {link}"
+                );
+            }
+        }
+    }
+
+    /// The unprivileged account `user` (scripts/setup makes it) exists, or a skip.
+    fn test_user_or_skip(test: &str) -> bool {
+        let ok = Command::new("id")
+            .args(["-u", "user"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            eprintln!("SKIP {test}: no account `user` (scripts/setup makes it)");
+        }
+        ok
+    }
+
+    /// How a TCP connect to `addr` by the unprivileged account `user` ended (exit status,
+    /// stderr): bash's `/dev/tcp` under `timeout`, so a hang shows as status 124.
+    fn connect_as_user(addr: SocketAddr) -> (Option<i32>, String) {
+        connect_as_user_to(&addr.ip().to_string(), addr.port())
+    }
+
+    /// [`connect_as_user`] to a host as `getaddrinfo` takes it (`fe80::1%eth0`, say).
+    fn connect_as_user_to(host: &str, port: u16) -> (Option<i32>, String) {
+        let script = format!("exec 3<>/dev/tcp/{host}/{port}");
+        let out = Command::new("runuser")
+            .args(["-u", "user", "--", "timeout", "5", "bash", "-c", &script])
+            .output()
+            .expect("run runuser");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The usable (not tentative) IPv6 link-local address of `ifname` in the calling thread's
+    /// network namespace, if it has one yet.
+    fn link_local(ifname: &str) -> Option<Ipv6Addr> {
+        const TENTATIVE: u32 = 0x40;
+        let table = std::fs::read_to_string("/proc/thread-self/net/if_inet6").ok()?;
+        table.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let addr = Ipv6Addr::from(u128::from_str_radix(fields.first()?, 16).ok()?);
+            let flags = u32::from_str_radix(fields.get(4)?, 16).ok()?;
+            (fields.get(5) == Some(&ifname)
+                && addr.is_unicast_link_local()
+                && flags & TENTATIVE == 0)
+                .then_some(addr)
+        })
+    }
+
+    /// The sandbox side's link-local address, once duplicate address detection has finished
+    /// on both ends of `slot`'s veth (the kernel's condition, polled, at most 10 s).
+    fn slot_link_local(slot: &Slot) -> Ipv6Addr {
+        for _ in 0..200 {
+            let inside = in_netns(&slot.netns_path, || link_local("eth0"));
+            if let (Some(addr), Some(_)) = (inside, link_local(&slot.host_if)) {
+                return addr;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "no usable IPv6 link-local address on both ends of {}",
+            slot.host_if
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn host_users_cannot_reach_a_slot_only_root_can() {
+        const TEST: &str = "host_users_cannot_reach_a_slot_only_root_can";
+        if !root_or_skip(TEST) || !nft_or_skip(TEST) || !test_user_or_skip(TEST) {
+            return;
+        }
+        let _serial = SERIAL.lock().await;
+        let config = test_config(0);
+        let _cleanup = Cleanup::new(&config);
+        let table = table_name(config.instance_tag());
+        let pool = SlotPool::start(config.clone(), &[])
+            .await
+            .expect("start pool");
+        let slot = pool.take(false).await.expect("take");
+        let envd = serve(
+            in_netns(&slot.netns_path, {
+                let ip = slot.sandbox_ip;
+                move || TcpListener::bind((ip, ENVD_PORT)).unwrap()
+            }),
+            "envd",
+        );
+        let other = serve_in(&slot, "a sandbox port");
+        // Root, the daemon's path, connects to both.
+        assert_eq!(fetch(envd).expect("root -> envd"), "hi from envd");
+        assert_eq!(
+            fetch(other).expect("root -> port"),
+            "hi from a sandbox port"
+        );
+        // The account connects at all: a host listener answers it.
+        let lo = serve(
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap(),
+            "host lo",
+        );
+        let (code, stderr) = connect_as_user(lo);
+        assert_eq!(code, Some(0), "user -> host loopback: {stderr}");
+
+        // The chains are rewritten at start, so the rule's counter starts at 0.
+        for (addr, what) in [(envd, "envd"), (other, "another sandbox port")] {
+            let (code, stderr) = connect_as_user(addr);
+            eprintln!(
+                "  user -> {what} {addr}: status {code:?}, {}",
+                stderr.trim()
+            );
+            assert_ne!(code, Some(0), "user reached the sandbox's {what} at {addr}");
+            assert_ne!(
+                code,
+                Some(124),
+                "user's connect to {addr} hung, not refused"
+            );
+            assert!(stderr.contains("Connection refused"), "{addr}: {stderr}");
+        }
+        assert!(
+            counter(&table, "output", "host user to a slot") >= 2,
+            "refused by the output rule"
+        );
+        assert_eq!(fetch(envd).expect("root -> envd after"), "hi from envd");
+
+        // IPv6 link-local, which every veth has (a sandbox port bound to `[::]`, reached
+        // without knowing the slot range): refused on the way out too. (Root gets no answer
+        // there either, its connect times out: `input` refuses the sandbox's neighbour
+        // advertisements, which conntrack does not track.)
+        let v6 = serve(
+            in_netns(&slot.netns_path, || {
+                TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)).unwrap()
+            }),
+            "a sandbox port on [::]",
+        );
+        let sandbox_ll = slot_link_local(&slot);
+        let before = counter(&table, "output", "host user to a slot");
+        let (code, stderr) =
+            connect_as_user_to(&format!("{sandbox_ll}%{}", slot.host_if), v6.port());
+        eprintln!(
+            "  user -> [{sandbox_ll}%{}]:{}: status {code:?}, {}",
+            slot.host_if,
+            v6.port(),
+            stderr.trim()
+        );
+        assert_ne!(
+            code,
+            Some(0),
+            "user reached the sandbox over IPv6 link-local"
+        );
+        assert_ne!(code, Some(124), "user's IPv6 connect hung, not refused");
+        assert!(stderr.contains("Connection refused"), "{stderr}");
+        assert!(counter(&table, "output", "host user to a slot") > before);
+
+        pool.release(slot).await.expect("release");
+        pool.shutdown().await.expect("shutdown");
+        leak_check(&config, &[]);
+    }
+
+    /// The private subnets of [`private_nets`], one per private range; `.1` is the far end.
+    const PRIVATE_SUBNETS: [&str; 4] = ["10.123.77", "172.16.77", "192.168.77", "100.64.77"];
+
+    /// A network namespace standing for the host's private networks: a veth pair whose far
+    /// end holds `.1` of each of [`PRIVATE_SUBNETS`] (the host end `.2`, so the host routes
+    /// there), and a listener in it; returns the guard and the listener's address on each.
+    fn private_nets() -> (TestNet, Vec<SocketAddr>) {
+        let (host_if, far_if, ns) = ("frktpriv0", "frktpriv1", "firkin-test-private");
+        let net = TestNet::new(vec![host_if], vec![ns]);
+        run(&["ip", "netns", "add", ns]);
+        run(&[
+            "ip", "link", "add", host_if, "type", "veth", "peer", "name", far_if, "netns", ns,
+        ]);
+        for subnet in PRIVATE_SUBNETS {
+            run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{subnet}.2/24"),
+                "dev",
+                host_if,
+            ]);
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{subnet}.1/24"),
+                "dev",
+                far_if,
+            ]);
+        }
+        run(&["ip", "link", "set", host_if, "up"]);
+        run(&["ip", "-n", ns, "link", "set", far_if, "up"]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        let listener = in_netns(&Path::new("/run/netns").join(ns), || {
+            TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap()
+        });
+        let port = serve(listener, "a private network").port();
+        let addrs = PRIVATE_SUBNETS
+            .iter()
+            .map(|s| SocketAddr::new(format!("{s}.1").parse().unwrap(), port))
+            .collect();
+        (net, addrs)
+    }
+
+    fn assert_refused(slot: &Slot, addr: SocketAddr, what: &str) {
+        let (r, _) = connect_from(slot, addr);
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                eprintln!("  {what} {addr}: refused")
+            }
+            other => panic!(
+                "{what} {addr} from {}: {other:?}, not refused",
+                slot.host_if
+            ),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slots_reach_private_ranges_only_when_opted_in() {
+        const TEST: &str = "slots_reach_private_ranges_only_when_opted_in";
+        if !root_or_skip(TEST) || !nft_or_skip(TEST) {
+            return;
+        }
+        let _serial = SERIAL.lock().await;
+        let config = test_config(0);
+        let _cleanup = Cleanup::new(&config);
+        let (_private, targets) = private_nets();
+        let table = table_name(config.instance_tag());
+        for addr in &targets {
+            assert_eq!(
+                fetch(*addr).expect("host -> private"),
+                "hi from a private network"
+            );
+        }
+        let pool = SlotPool::start(config.clone(), &[]).await.expect("start");
+        let a = pool.take(true).await.expect("take a");
+        let b = pool.take(false).await.expect("take b");
+        let b_srv = serve_in(&b, "b");
+        let gw_a = serve(TcpListener::bind((a.host_ip, 0)).unwrap(), "host gw a");
+
+        eprintln!("default (no opt-ins), from {} with egress:", a.host_if);
+        for addr in &targets {
+            assert_refused(&a, *addr, "private range");
+        }
+        // Refused by that rule (the chains are rewritten at start, counters from 0).
+        assert!(counter(&table, "forward", "private ranges") >= targets.len() as u64);
+
+        // The operator opts the ranges in (10/8 whole, covering every pool's slots too); a
+        // restarted daemon rewrites the live slots' table.
+        let opted_in = NetConfig {
+            egress_allow_private: [
+                "10.0.0.0/8",
+                "172.16.77.0/24",
+                "192.168.0.0/16",
+                "100.64.0.0/10",
+            ]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect(),
+            ..config.clone()
+        };
+        let live = [a.clone(), b.clone()];
+        pool.shutdown().await.expect("shutdown with live slots");
+        drop(pool);
+        let pool = SlotPool::start(opted_in, &live)
+            .await
+            .expect("restart opted in");
+        eprintln!("opted in, from {}:", a.host_if);
+        for addr in &targets {
+            let (r, _) = connect_from(&a, *addr);
+            assert_eq!(
+                r.expect("opted-in range reachable"),
+                "hi from a private network"
+            );
+        }
+        assert_refused(&a, b_srv, "another slot (inside the opted-in 10/8)");
+        assert_refused(&a, gw_a, "the host (its gateway)");
+        assert_eq!(fetch(b_srv).expect("host -> b"), "hi from b");
+
+        // Restarted without opt-ins: refused again.
+        pool.shutdown().await.expect("shutdown with live slots");
+        drop(pool);
+        let pool = SlotPool::start(config.clone(), &live)
+            .await
+            .expect("restart");
+        for addr in &targets {
+            assert_refused(&a, *addr, "private range, opt-in withdrawn");
+        }
+
+        let [a, b] = live;
+        pool.release(a).await.expect("release a");
+        pool.release(b).await.expect("release b");
+        pool.shutdown().await.expect("shutdown");
+        leak_check(&config, &[]);
+    }
+
+    /// Every address on the host's interfaces but IPv6 link-local (which needs a scope).
+    fn host_addresses() -> Vec<IpAddr> {
+        let out = Command::new("ip")
+            .args(["-o", "addr", "show"])
+            .output()
+            .expect("ip addr");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace().skip_while(|w| !w.starts_with("inet"));
+                words.nth(1)?.split('/').next()?.parse().ok()
+            })
+            .filter(|ip: &IpAddr| !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slots_reach_none_of_the_hosts_addresses_nor_each_other() {
+        const TEST: &str = "slots_reach_none_of_the_hosts_addresses_nor_each_other";
+        if !root_or_skip(TEST) || !nft_or_skip(TEST) {
+            return;
+        }
+        let _serial = SERIAL.lock().await;
+        let config = test_config(0);
+        let _cleanup = Cleanup::new(&config);
+        let table = table_name(config.instance_tag());
+        // One more host address, on an interface of the test's own (a veth pair in the host
+        // namespace), outside every private range.
+        let (extra_if, extra_peer) = ("frktaddr0", "frktaddr1");
+        let _extra = TestNet::new(vec![extra_if], vec![]);
+        run(&[
+            "ip", "link", "add", extra_if, "type", "veth", "peer", "name", extra_peer,
+        ]);
+        run(&["ip", "addr", "add", "198.51.100.77/32", "dev", extra_if]);
+        run(&["ip", "link", "set", extra_peer, "up"]);
+        run(&["ip", "link", "set", extra_if, "up"]);
+        let pool = SlotPool::start(config.clone(), &[]).await.expect("start");
+        let a = pool.take(true).await.expect("take a");
+        let b = pool.take(true).await.expect("take b");
+        let addresses = host_addresses();
+        let extra: IpAddr = "198.51.100.77".parse().unwrap();
+        assert!(addresses.contains(&extra), "{addresses:?}");
+        assert!(addresses.contains(&IpAddr::V4(a.host_ip)), "{addresses:?}");
+        // A listener on every host address, IPv4 and IPv6; the host reaches each.
+        let v4 = serve(
+            TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap(),
+            "host",
+        );
+        let v6 = serve(
+            TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)).unwrap(),
+            "host",
+        );
+        let targets: Vec<SocketAddr> = addresses
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, if ip.is_ipv4() { v4.port() } else { v6.port() }))
+            .collect();
+        for addr in &targets {
+            assert_eq!(fetch(*addr).expect("host -> itself"), "hi from host");
+        }
+        eprintln!("from {} (egress allowed):", a.host_if);
+        for addr in &targets {
+            match addr.ip() {
+                // The host's IPv4 addresses: refused by the input rule.
+                IpAddr::V4(ip) if !ip.is_loopback() => {
+                    let before = counter(&table, "input", "sandbox to host");
+                    assert_refused(&a, *addr, "host address");
+                    assert!(counter(&table, "input", "sandbox to host") > before);
+                }
+                // Loopback is the slot's own; IPv6 has no route out of a slot.
+                _ => assert_blocked(&a, *addr, "host address"),
+            }
+        }
+        assert_refused(&a, serve_in(&b, "b"), "another slot");
+        assert_refused(&b, serve_in(&a, "a"), "another slot");
+
+        pool.release(a).await.expect("release a");
+        pool.release(b).await.expect("release b");
+        pool.shutdown().await.expect("shutdown");
+        leak_check(&config, &[]);
+    }
+
+    fn ip_forward() -> String {
+        std::fs::read_to_string(IP_FORWARD)
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// Whether a firkin veth of another instance (another daemon's live sandboxes) is on the host.
+    fn foreign_firkin_veths(config: &NetConfig) -> Vec<String> {
+        let own = config.instance_tag().host_if_prefix();
+        std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("fk") && !n.starts_with(&own))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ip_forward_is_restored_only_when_firkin_turned_it_on() {
+        const TEST: &str = "ip_forward_is_restored_only_when_firkin_turned_it_on";
+        if !root_or_skip(TEST) || !nft_or_skip(TEST) {
+            return;
+        }
+        let _serial = SERIAL.lock().await;
+        let config = test_config(0);
+        let _cleanup = Cleanup::new(&config);
+        let foreign = foreign_firkin_veths(&config);
+
+        // Off before: the first slot with egress turns it on; a shutdown with a live slot
+        // leaves it on; the last shutdown puts it back.
+        let _ = std::fs::remove_file(forward::RECORD);
+        std::fs::write(IP_FORWARD, "0").unwrap();
+        let pool = SlotPool::start(config.clone(), &[]).await.expect("start");
+        let offline = pool.take(false).await.expect("take without egress");
+        assert_eq!(ip_forward(), "0", "a slot without egress changes nothing");
+        let slot = pool.take(true).await.expect("take with egress");
+        assert_eq!(ip_forward(), "1");
+        pool.release(offline).await.expect("release");
+        pool.shutdown().await.expect("shutdown with a live slot");
+        assert_eq!(ip_forward(), "1", "a live sandbox keeps its egress");
+        drop(pool);
+        let pool = SlotPool::start(config.clone(), std::slice::from_ref(&slot))
+            .await
+            .expect("restart");
+        pool.release(slot).await.expect("release");
+        pool.shutdown().await.expect("shutdown");
+        if foreign.is_empty() {
+            assert_eq!(ip_forward(), "0", "restored after the last slot");
+            assert!(!Path::new(forward::RECORD).exists());
+        } else {
+            eprintln!("  other firkin veths on the host ({foreign:?}): ip_forward must stay on");
+            assert_eq!(ip_forward(), "1");
+        }
+        leak_check(&config, &[]);
+
+        // On before: never touched.
+        let _ = std::fs::remove_file(forward::RECORD);
+        std::fs::write(IP_FORWARD, "1").unwrap();
+        let pool = SlotPool::start(config.clone(), &[]).await.expect("start");
+        let slot = pool.take(true).await.expect("take with egress");
+        pool.release(slot).await.expect("release");
+        pool.shutdown().await.expect("shutdown");
+        assert_eq!(ip_forward(), "1", "a setting firkin found on stays on");
+        assert!(!Path::new(forward::RECORD).exists());
+        leak_check(&config, &[]);
     }
 }

@@ -38,17 +38,29 @@
 //! # Egress
 //!
 //! See [`nft`] for the ruleset and why egress is a link group rather than per-slot rules
-//! (deleting an nftables element costs 10–20 ms). Always blocked from a slot: new connections to the host
-//! (any of its addresses; replies to connections the host opened pass, so the daemon
-//! reaches envd and any user port), to other slots (of any pool), to link-local `169.254.0.0/16` (cloud
-//! metadata), to the slot range, and IPv6. With `allow_internet_access` the rest is
-//! forwarded and masqueraded; without it, it is rejected. Blocked TCP connections get a reset
-//! (`ECONNREFUSED`), other blocked traffic ICMP admin-prohibited, so they fail at once
-//! instead of hanging. NAT needs `net.ipv4.ip_forward=1`,
-//! which firkin sets when a slot that allows egress is made. **That setting is host-wide**:
-//! the host then forwards between all its interfaces as its other firewall rules allow.
-//! A sandbox needs a DNS server reachable through egress (a resolver on the host's own
-//! addresses, such as `127.0.0.53`, is blocked by design).
+//! (deleting an nftables element costs 10–20 ms). Always blocked from a slot: new connections
+//! to the host (any of its addresses; replies to connections the host opened pass, so the
+//! daemon reaches envd and any user port), to other slots (of any pool), to link-local
+//! `169.254.0.0/16` (cloud metadata), to the slot range, and IPv6. Blocked unless the operator
+//! opts a part back in ([`NetConfig::egress_allow_private`], see [`egress`]): the private
+//! ranges `10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16` and `100.64.0.0/10`. With
+//! `allow_internet_access` the rest is forwarded and masqueraded; without it, it is rejected.
+//! Blocked TCP connections get a reset (`ECONNREFUSED`), other blocked traffic ICMP
+//! admin-prohibited, so they fail at once instead of hanging. A sandbox needs a DNS server
+//! reachable through egress (a resolver on the host's own addresses, such as `127.0.0.53`, or
+//! on the LAN, is blocked by design unless its range is opted in; the host never is).
+//!
+//! In the other direction, only root's sockets on the host reach a slot (the daemon runs as
+//! root); other host accounts are refused on the way out ([`nft`], `output`).
+//!
+//! # Host settings
+//!
+//! NAT needs `net.ipv4.ip_forward=1`, which firkin sets when a slot that allows egress is
+//! made and the setting is off. **That setting is host-wide** (it cannot be scoped to firkin's
+//! interfaces: Linux checks it on the interface the sandbox's replies come in on, the uplink):
+//! the host then forwards between all its interfaces as its other firewall rules allow. firkin
+//! records the value it replaced and puts it back at the last clean shutdown that leaves no
+//! slot on the host; see [`forward`]. No other sysctl is changed.
 //!
 //! # Pool
 //!
@@ -67,6 +79,8 @@
 //! package `nftables`), and a kernel with nf_tables, veth and network namespaces.
 
 pub mod addr;
+pub mod egress;
+pub mod forward;
 mod netns;
 pub mod nft;
 mod overlap;
@@ -100,6 +114,10 @@ pub struct NetConfig {
     pub netns_dir: PathBuf,
     /// Egress of pooled slots; [`SlotPool::take`] changes it when a sandbox asks otherwise.
     pub default_internet_access: bool,
+    /// Parts of the private ranges ([`egress::PRIVATE_RANGES`]) that slots with egress may
+    /// reach after all; empty by default. The host, link-local and every pool's slots stay
+    /// refused even when covered.
+    pub egress_allow_private: Vec<Ipv4Net>,
 }
 
 impl Default for NetConfig {
@@ -111,6 +129,7 @@ impl Default for NetConfig {
             pool_size: 4,
             netns_dir: PathBuf::from("/run/firkin/netns"),
             default_internet_access: true,
+            egress_allow_private: Vec::new(),
         }
     }
 }
@@ -138,6 +157,9 @@ impl NetConfig {
                     self.pool_size, self.range
                 ),
             });
+        }
+        for net in &self.egress_allow_private {
+            egress::check_opt_in(*net)?;
         }
         if !self.netns_dir.is_absolute() {
             return Err(NetError::InvalidConfig {
@@ -291,13 +313,24 @@ pub enum NetError {
         /// What it printed on stderr.
         stderr: String,
     },
-    /// Writing a sysctl failed.
-    #[error("cannot write {value} to {path}")]
+    /// Reading or writing a sysctl failed.
+    #[error("cannot {step} {path}")]
     Sysctl {
         /// The `/proc/sys` file.
         path: PathBuf,
-        /// The value written.
-        value: &'static str,
+        /// `read`, or `write <value> to`.
+        step: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The record of a sysctl value firkin replaced (to restore it later) failed.
+    #[error("cannot {step} {path}, the record of the sysctl value firkin replaced")]
+    SysctlRecord {
+        /// The record file.
+        path: PathBuf,
+        /// The step that failed.
+        step: &'static str,
         /// The cause.
         #[source]
         source: io::Error,
@@ -378,6 +411,17 @@ mod tests {
             ..NetConfig::default()
         };
         assert!(c.validate().is_err());
+        let c = NetConfig {
+            egress_allow_private: vec!["192.168.1.0/24".parse().unwrap()],
+            ..NetConfig::default()
+        };
+        c.validate().unwrap();
+        let c = NetConfig {
+            egress_allow_private: vec!["8.8.8.0/24".parse().unwrap()],
+            ..NetConfig::default()
+        };
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("8.8.8.0/24"), "{msg}");
     }
 
     #[test]

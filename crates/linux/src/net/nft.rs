@@ -1,10 +1,10 @@
 //! The nftables layout of the slots: generated as text (pure, tested without root) and
 //! applied atomically with `nft -f -`.
 //!
-//! One table per pool instance, `inet firkin_<tag>` (see [`InstanceTag`]), with three base
-//! chains, one helper chain and no per-slot rules. Every rule matches the instance's own
-//! veths, `fk<tag>h*` ("own" below), or its own range, so the tables of two pools on one host
-//! (each with a range of its own) never decide for each other's slots:
+//! One table per pool instance, `inet firkin_<tag>` (see [`InstanceTag`]), with four base
+//! chains, one helper chain, two sets and no per-slot rules. Every rule matches the instance's
+//! own veths, `fk<tag>h*` ("own" below), or its own range, so the tables of two pools on one
+//! host (each with a range of its own) never decide for each other's slots:
 //!
 //! - `input` (filter, priority `filter - 10`): traffic from an own veth to any address of
 //!   the host (the slot's gateway, other slots' gateways, the host's own addresses, and so
@@ -12,23 +12,55 @@
 //!   established,related`): the daemon connects into sandboxes, sandboxes never connect out
 //!   to the host. Loopback (`127.0.0.0/8`) is unreachable anyway: the kernel drops
 //!   loopback destinations arriving on a non-loopback interface, and this rule covers the rest.
+//! - `output` (filter, priority `filter - 10`): a packet the host sends out of an own veth
+//!   (IPv6 link-local included) or to the slot range is rejected when its socket is not
+//!   root's (`meta skuid != 0`): only the daemon, which runs as root, talks to sandboxes;
+//!   other host accounts cannot reach envd or any sandbox port. See below for why. (IPv6
+//!   link-local to a slot gets no answer even for root, since `input` refuses the sandbox's
+//!   untracked neighbour advertisements; the veth match refuses it at once all the same.)
 //! - `forward` (filter, priority `filter - 10`): replies into an own slot pass; traffic *from*
 //!   an own slot to link-local `169.254.0.0/16` (cloud metadata), to the slot range (other
 //!   slots) or out of any firkin veth (`fk*`: another instance's slots) is rejected, as is
 //!   IPv6, and so is traffic from any firkin veth into an own slot (both tables of two pools
-//!   see slot-to-slot traffic between them, in no set order, and either rejects it); anything
-//!   else heading *into* an own slot is dropped (the outside opening connections); what remains from an own slot is accepted only
-//!   when its host-side veth is in the link group [`EGRESS_GROUP`]; everything else from own
-//!   veths is rejected.
+//!   see slot-to-slot traffic between them, in no set order, and either rejects it); then
+//!   traffic to the set `private` (RFC 1918 and CGNAT, [`egress::PRIVATE_RANGES`]) not in
+//!   the set `private_allowed` (the operator's opt-ins) is rejected; anything else heading
+//!   *into* an own slot is dropped (the outside opening connections); what remains from an
+//!   own slot is accepted only when its host-side veth is in the link group
+//!   [`EGRESS_GROUP`]; everything else from own veths is rejected.
 //! - `refuse` (a regular chain, where every rejection goes): a TCP reset for TCP, ICMP
-//!   admin-prohibited otherwise, so a sandbox's connection attempt fails at once instead of
-//!   hanging. TCP gets a reset because the kernel rate-limits ICMP errors per destination.
+//!   admin-prohibited otherwise, so a connection attempt fails at once instead of hanging.
+//!   TCP gets a reset because the kernel rate-limits ICMP errors per destination.
 //! - `postrouting` (nat): traffic from the slot range leaving through a non-own interface is
 //!   masqueraded.
 //!
 //! The table is written at [`super::SlotPool::start`] and deleted at
 //! [`super::SlotPool::shutdown`] when no slot is handed out any more (sandboxes outlive the
 //! daemon, and must stay fenced until the next daemon of the same instance takes over).
+//!
+//! # Why the socket's owner, and no `ct state` exception on the way out
+//!
+//! The threat is another, unprivileged account on the host. Root is the operator: it can
+//! enter any sandbox's namespaces anyway, so a narrower mark (an `SO_MARK` on the daemon's
+//! sockets) would add nothing against it and would have to be set by every connector.
+//! `meta skuid` is the owner of the socket's file (its opener's fsuid; a user namespace does
+//! not change it in the host's namespace). Packets without a socket, or whose socket has no
+//! file (the kernel's own control sockets), never match (the expression fails, so the rule
+//! does not apply): the resets and ICMP errors the kernel sends, including this table's own
+//! rejections of a sandbox's attempts, pass. Forwarded traffic
+//! never crosses `output`. The chain accepts no `ct state established,related` first, on
+//! purpose: a host account could only hold a connection with a slot that the slot opened,
+//! and `input` rejects every connection a slot opens to the host, so there is no flow such
+//! an exception would serve; without it, every packet with a socket is judged by its owner,
+//! whatever conntrack thinks of it.
+//!
+//! # Private ranges and opt-ins
+//!
+//! See [`egress`]. The sets are interval sets, flushed and refilled on every write of the
+//! table, so a restarted daemon applies a changed opt-in list to the live slots as well. The
+//! rule comes after the slot-range and other-pool rules, so an opt-in that covers the slots
+//! (`10.0.0.0/8` covers the default range) never opens them; the host is refused in `input`,
+//! which no opt-in touches.
 //!
 //! # Why a link group, not per-slot rules
 //!
@@ -51,8 +83,8 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use super::NetError;
 use super::addr::{HOST_IF_PREFIX, InstanceTag, Ipv4Net};
+use super::{NetError, egress};
 
 /// What the name of every firkin table starts with (`inet` family): `firkin_<tag>`.
 pub const TABLE_PREFIX: &str = "firkin_";
@@ -68,10 +100,16 @@ pub const EGRESS_GROUP: u32 = 0x6672_6b6e;
 /// The metadata/link-local range that is always blocked.
 pub const LINK_LOCAL: &str = "169.254.0.0/16";
 
-/// The whole table of instance `tag` for `range`: creates what is missing and rewrites the
-/// chains' rules. Atomic, and harmless to live slots (their egress switch is on their
-/// interface).
-pub fn table_ruleset(range: Ipv4Net, tag: InstanceTag) -> String {
+/// The set of destinations refused to every slot unless opted in ([`egress::PRIVATE_RANGES`]).
+pub const PRIVATE_SET: &str = "private";
+
+/// The set of the operator's opt-ins ([`super::NetConfig::egress_allow_private`]).
+pub const ALLOWED_SET: &str = "private_allowed";
+
+/// The whole table of instance `tag` for `range`, with the private ranges `allow_private`
+/// opted in: creates what is missing and rewrites the chains' rules and the sets' elements.
+/// Atomic, and harmless to live slots (their egress switch is on their interface).
+pub fn table_ruleset(range: Ipv4Net, tag: InstanceTag, allow_private: &[Ipv4Net]) -> String {
     let t = format!("inet {}", table_name(tag));
     let any = format!("\"{}*\"", tag.host_if_prefix());
     let firkin = format!("\"{HOST_IF_PREFIX}*\"");
@@ -93,10 +131,30 @@ pub fn table_ruleset(range: Ipv4Net, tag: InstanceTag) -> String {
     line(format!(
         "add rule {t} refuse reject with icmpx admin-prohibited"
     ));
+    // Interval sets: the private ranges, and the operator's opt-ins (flushed and refilled,
+    // so a restarted daemon applies its new list to the live slots too).
+    let allowed = egress::normalize(allow_private);
+    for (set, elements) in [
+        (PRIVATE_SET, egress::private_ranges()),
+        (ALLOWED_SET, allowed),
+    ] {
+        line(format!(
+            "add set {t} {set} {{ type ipv4_addr; flags interval; }}"
+        ));
+        line(format!("flush set {t} {set}"));
+        if !elements.is_empty() {
+            let list: Vec<String> = elements.iter().map(Ipv4Net::to_string).collect();
+            line(format!("add element {t} {set} {{ {} }}", list.join(", ")));
+        }
+    }
     for (chain, spec) in [
         (
             "input",
             "type filter hook input priority filter - 10; policy accept;",
+        ),
+        (
+            "output",
+            "type filter hook output priority filter - 10; policy accept;",
         ),
         (
             "forward",
@@ -117,6 +175,14 @@ pub fn table_ruleset(range: Ipv4Net, tag: InstanceTag) -> String {
     line(format!(
         "add rule {t} input iifname {any} {reject} comment \"sandbox to host\""
     ));
+    // Host -> sandbox: only from root's sockets (the daemon). No `ct state` exception: no
+    // connection with a slot can exist that a host user's socket may use (see the module doc).
+    line(format!(
+        "add rule {t} output oifname {any} meta skuid != 0 {reject} comment \"host user to a slot\""
+    ));
+    line(format!(
+        "add rule {t} output ip daddr {range} meta skuid != 0 {reject} comment \"host user to the slot range\""
+    ));
     // Replies into a slot pass; new connections from a slot to blocked destinations are
     // rejected (fast failure for the sandbox, slot to slot included) before the silent drop
     // of anything else heading into a slot (the outside world opening connections).
@@ -131,6 +197,10 @@ pub fn table_ruleset(range: Ipv4Net, tag: InstanceTag) -> String {
     ));
     line(format!(
         "add rule {t} forward iifname {any} oifname {firkin} {reject} comment \"to another pool's slot\""
+    ));
+    // After the slot rules, so an opt-in never opens the slots, and before the egress switch.
+    line(format!(
+        "add rule {t} forward iifname {any} ip daddr @{PRIVATE_SET} ip daddr != @{ALLOWED_SET} {reject} comment \"private ranges\""
     ));
     // The same traffic seen from the other side: the tables of two pools hook in at the same
     // priority in no set order, so each rejects both directions before its silent drop.
@@ -222,7 +292,7 @@ mod tests {
     fn table_blocks_host_metadata_and_range_for_every_slot() {
         let tag = InstanceTag::of_dir(std::path::Path::new("/run/firkin/netns"));
         assert_eq!(tag.to_string(), "51a73");
-        let text = table_ruleset("10.200.0.0/16".parse().unwrap(), tag);
+        let text = table_ruleset("10.200.0.0/16".parse().unwrap(), tag, &[]);
         let has = |needle: &str| {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         };
@@ -255,7 +325,11 @@ mod tests {
     fn every_rule_names_its_own_instance() {
         let a = InstanceTag::of_dir(std::path::Path::new("/a/netns"));
         let b = InstanceTag::of_dir(std::path::Path::new("/b/netns"));
-        let text = table_ruleset("10.9.0.0/24".parse().unwrap(), a);
+        let text = table_ruleset(
+            "10.9.0.0/24".parse().unwrap(),
+            a,
+            &["192.168.0.0/24".parse().unwrap()],
+        );
         for rule in text.lines().filter(|l| l.starts_with("add rule")) {
             assert!(rule.contains(&format!("inet firkin_{a} ")), "{rule}");
             assert!(!rule.contains(&b.to_string()), "{rule}");
@@ -274,5 +348,65 @@ mod tests {
             delete_ruleset(a),
             format!("add table inet firkin_{a}\ndelete table inet firkin_{a}\n")
         );
+    }
+
+    #[test]
+    fn host_users_are_refused_on_the_way_out_to_a_slot() {
+        let tag = InstanceTag::of_dir(std::path::Path::new("/run/firkin/netns"));
+        let text = table_ruleset("10.200.0.0/16".parse().unwrap(), tag, &[]);
+        let has = |needle: &str| {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        };
+        has(
+            "add chain inet firkin_51a73 output { type filter hook output priority filter - 10; policy accept; }\n",
+        );
+        has("flush chain inet firkin_51a73 output\n");
+        // Through an own veth (IPv6 link-local included) and to the range, sockets not root's.
+        has(
+            "add rule inet firkin_51a73 output oifname \"fk51a73h*\" meta skuid != 0 counter goto refuse",
+        );
+        has(
+            "add rule inet firkin_51a73 output ip daddr 10.200.0.0/16 meta skuid != 0 counter goto refuse",
+        );
+        // No established/related exception in the output chain: every socket is judged.
+        let output: Vec<&str> = text.lines().filter(|l| l.contains(" output ")).collect();
+        assert!(output.iter().all(|l| !l.contains("ct state")), "{output:?}");
+    }
+
+    #[test]
+    fn private_ranges_are_refused_unless_opted_in_after_the_slot_rules() {
+        let tag = InstanceTag::of_dir(std::path::Path::new("/run/firkin/netns"));
+        let opt_ins: Vec<Ipv4Net> = ["192.168.77.0/24", "10.0.0.0/8", "10.1.0.0/16"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let text = table_ruleset("10.200.0.0/16".parse().unwrap(), tag, &opt_ins);
+        let has = |needle: &str| {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        };
+        let t = "inet firkin_51a73";
+        has(&format!(
+            "add set {t} private {{ type ipv4_addr; flags interval; }}\nflush set {t} private\n"
+        ));
+        has(&format!(
+            "add element {t} private {{ 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 }}\n"
+        ));
+        // Nested opt-ins are merged (an interval set refuses overlaps).
+        has(&format!(
+            "flush set {t} private_allowed\nadd element {t} private_allowed {{ 10.0.0.0/8, 192.168.77.0/24 }}\n"
+        ));
+        has(
+            "forward iifname \"fk51a73h*\" ip daddr @private ip daddr != @private_allowed counter goto refuse",
+        );
+        let pos = |n: &str| text.find(n).unwrap();
+        assert!(pos("add set") < pos("@private"), "sets before the rules");
+        // An opt-in covering the slot range or another pool's slots does not open them.
+        assert!(pos("comment \"slot range\"") < pos("@private"));
+        assert!(pos("to another pool's slot") < pos("@private"));
+        assert!(pos("@private") < pos("iifgroup"));
+        // No opt-ins: the allowed set is emptied and gets no elements.
+        let text = table_ruleset("10.200.0.0/16".parse().unwrap(), tag, &[]);
+        assert!(text.contains(&format!("flush set {t} private_allowed\n")));
+        assert!(!text.contains("add element inet firkin_51a73 private_allowed"));
     }
 }

@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::addr::{InstanceTag, SlotPlan, legacy_host_if_name};
+use super::forward::{self, IpForward};
 use super::slot::{delete_links_blocking, on_thread, prepare_blocking, remove_netns};
 use super::{NetConfig, NetError, Slot, netns, nft, overlap, reclaim_leftovers};
 
@@ -112,7 +113,7 @@ impl SlotPool {
         .await?;
         reclaim_leftovers(&config, keep).await?;
         netns::ensure_dir(&config.netns_dir)?;
-        let ruleset = nft::table_ruleset(config.range, tag);
+        let ruleset = nft::table_ruleset(config.range, tag, &config.egress_allow_private);
         on_thread("firkin-nft".into(), move || nft::apply(&ruleset)).await?;
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
@@ -272,7 +273,8 @@ impl SlotPool {
     ///
     /// When no slot is handed out any more (none kept from `start` either), it also deletes
     /// the instance's nftables table and unmounts the namespace directory's bind mount of
-    /// itself, so nothing of the instance is left. While slots are handed out both stay:
+    /// itself, so nothing of the instance is left, and puts back `net.ipv4.ip_forward` if
+    /// firkin turned it on and no firkin veth of any instance is left (see [`super::forward`]). While slots are handed out both stay:
     /// their sandboxes outlive the daemon, must stay fenced by the table, and the next
     /// daemon re-adopts them through their namespace files, which are bind mounts inside
     /// that directory (unmounting it would detach them too).
@@ -308,7 +310,12 @@ impl SlotPool {
         let removed = on_thread("firkin-net-shutdown".into(), move || {
             let table = nft::apply(&nft::delete_ruleset(tag));
             let mount = netns::release_dir(&dir).map(|_| ());
-            table.and(mount)
+            // Another instance's live slots may still need forwarding.
+            let forward = IpForward::host().restore(forward::firkin_veths_exist());
+            if let Ok(Some(value)) = &forward {
+                tracing::info!(value, "restored net.ipv4.ip_forward");
+            }
+            table.and(mount).and(forward.map(|_| ()))
         })
         .await;
         result.and(removed)

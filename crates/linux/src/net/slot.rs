@@ -19,6 +19,7 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBu
 use serde::{Deserialize, Serialize};
 
 use super::addr::{SANDBOX_IF, SLOT_PREFIX_LEN, SlotPlan};
+use super::forward::IpForward;
 use super::{NetError, netns, nft};
 
 /// A prepared network slot. Serializable so a restarted daemon can re-adopt it (and pass it
@@ -48,14 +49,15 @@ impl Slot {
     }
 
     /// Allows or blocks egress to the outside (E2B `allow_internet_access` /
-    /// `update_network`). Allowing also turns on `net.ipv4.ip_forward`, which is host-wide.
-    /// The host, other slots, link-local and the slot range stay blocked either way.
+    /// `update_network`). Allowing also turns on `net.ipv4.ip_forward`, which is host-wide
+    /// (see [`super::forward`]). The host, other slots, link-local, the slot range and the
+    /// private ranges not opted in stay blocked either way.
     /// One netlink message on a helper thread (no `nft` run).
     pub async fn set_internet_access(&mut self, allow: bool) -> Result<(), NetError> {
         let host_if = self.host_if.clone();
         on_thread(format!("firkin-slot-{}", self.index), move || {
             if allow {
-                enable_ip_forward()?;
+                IpForward::host().enable()?;
             }
             block_on(async {
                 let host = connect(None)?;
@@ -83,20 +85,6 @@ impl Slot {
 /// The link group carrying a slot's egress switch (0 is the kernel's default group).
 fn egress_group(allow: bool) -> u32 {
     if allow { nft::EGRESS_GROUP } else { 0 }
-}
-
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-
-/// Sets `net.ipv4.ip_forward=1` (host-wide) unless it already is.
-pub(crate) fn enable_ip_forward() -> Result<(), NetError> {
-    if std::fs::read_to_string(IP_FORWARD).is_ok_and(|v| v.trim() == "1") {
-        return Ok(());
-    }
-    std::fs::write(IP_FORWARD, "1").map_err(|source| NetError::Sysctl {
-        path: IP_FORWARD.into(),
-        value: "1",
-        source,
-    })
 }
 
 /// Runs `f` on a new OS thread and awaits its result without blocking the caller's runtime.
@@ -174,7 +162,7 @@ pub(crate) fn prepare_blocking(
     })
     .and_then(|()| {
         if internet_access {
-            enable_ip_forward()?;
+            IpForward::host().enable()?;
         }
         Ok(())
     });
