@@ -337,8 +337,6 @@ impl Core {
             envd_args: [
                 "--listen",
                 "0.0.0.0:49983",
-                "--access-token",
-                &token,
                 "--default-user",
                 "user",
                 "--child-oom-score-adj",
@@ -347,6 +345,7 @@ impl Core {
             .map(String::from)
             .to_vec(),
             envd_env: vec![],
+            envd_access_token: Some(crate::sandbox::EnvdAccessToken(token.clone())),
         };
         let helper = self.config.init_helper.clone();
         let ids = IdMap {

@@ -265,8 +265,14 @@ fn pid1_setup(spec: &InitSpec) -> io::Result<Never> {
         sys::install_seccomp(program).map_err(context("install the seccomp profile"))?;
     }
 
+    // The token's pipe stays open across the exec (the driver cleared its close-on-exec
+    // flag); envd reads it and closes it before anything else.
+    let token_fd = std::env::var(InitSpec::ENV_TOKEN_FD)
+        .ok()
+        .map(|fd| ["--access-token-fd".to_owned(), fd]);
     let error = std::process::Command::new(InitSpec::ENVD_PATH)
         .args(&spec.envd_args)
+        .args(token_fd.iter().flatten())
         .env_clear()
         .envs(spec.envd_env.iter().map(|(k, v)| (k, v)))
         .exec();

@@ -28,4 +28,4 @@ pub mod init;
 pub mod spawn;
 pub mod spec;
 
-pub use spec::{InitSpec, LayerMount};
+pub use spec::{EnvdAccessToken, InitSpec, LayerMount};
