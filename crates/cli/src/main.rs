@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod api_key;
 mod config_file;
 mod sandbox_cmd;
 mod serve;
