@@ -372,8 +372,12 @@ struct Upload {
     /// Tests only: called with the target once its bytes are copied (or failed to), before
     /// the metadata is set or a partial file removed, to swap the path meanwhile.
     #[cfg(test)]
-    after_copy: Option<Box<dyn Fn(&Path) + Send + Sync>>,
+    after_copy: Option<AfterCopy>,
 }
+
+/// See [`Upload::after_copy`].
+#[cfg(test)]
+type AfterCopy = Box<dyn Fn(&Path) + Send + Sync>;
 
 impl Upload {
     async fn raw(
