@@ -261,8 +261,7 @@ export class Daemon {
 export async function startDaemon(runId) {
   const port = await freePort()
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), `firkin-e2b-js-sdk-${runId}-`))
-  // mkdtemp makes it 0700, which the sandboxes' id-shifted overlay mounts cannot traverse.
-  fs.chmodSync(stateDir, 0o755)
+  // mkdtemp makes it 0700; the daemon itself opens it as far as the sandboxes need (0711).
   fs.mkdirSync(path.join(REPO, 'target'), { recursive: true })
   const logPath = path.join(REPO, 'target', `e2b-js-sdk-tests-${port}.log`)
   const apiKey = `e2b_test_${randomUUID().replace(/-/g, '')}`

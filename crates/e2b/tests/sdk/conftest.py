@@ -193,8 +193,7 @@ def start_daemon(run_id: str) -> Daemon:
     port = free_port()
     tls_port = free_port()
     state_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"firkin-e2b-sdk-{run_id}-"))
-    # mkdtemp makes it 0700, which the sandboxes' id-shifted overlay mounts cannot traverse.
-    state_dir.chmod(0o755)
+    # mkdtemp makes it 0700; the daemon itself opens it as far as the sandboxes need (0711).
     log_path = REPO / "target" / f"e2b-sdk-tests-{port}.log"
     api_key = f"e2b_test_{uuid.uuid4().hex}"
     log = open(log_path, "wb")
