@@ -1,8 +1,9 @@
 //! `firkin.toml`: the lowest layer of the daemon's settings. A key set here is used unless the
 //! same setting comes from a `FIRKIN_*` environment variable or a flag (file < environment <
-//! flag). Keys are the flags' names: `listen`, `state-dir`, `api-key`, `domain`, `envd-bin`,
+//! flag). Keys are the flags' names: `listen`, `state-dir`, `api-key-file`, `domain`, `envd-bin`,
 //! `tls-listen`, `warm-pool`, `slot-range`, `max-connections`, `egress-allow-private` (a list
-//! of CIDRs). An unknown key is an error, so a typo never goes unnoticed.
+//! of CIDRs); and `api-key`, the key itself (there is no such flag: see [`crate::api_key`]). An
+//! unknown key is an error, so a typo never goes unnoticed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ pub(crate) struct FileConfig {
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) state_dir: Option<PathBuf>,
     pub(crate) api_key: Option<String>,
+    pub(crate) api_key_file: Option<PathBuf>,
     pub(crate) domain: Option<String>,
     pub(crate) envd_bin: Option<PathBuf>,
     pub(crate) tls_listen: Option<SocketAddr>,

@@ -7,6 +7,7 @@
 // Denied, not forbidden: `main` may become a sandbox's init helper, an `unsafe` call.
 #![deny(unsafe_code)]
 
+mod api_key;
 mod config_file;
 mod sandbox_cmd;
 mod serve;

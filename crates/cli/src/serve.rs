@@ -1,7 +1,6 @@
 //! `firkin serve`: the E2B-compatible daemon over the Linux driver.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,10 +16,17 @@ pub(crate) struct ServeArgs {
     /// Address of the listener for the control plane and the sandbox proxy.
     #[arg(long, env = "FIRKIN_LISTEN", default_value = "127.0.0.1:49980")]
     listen: SocketAddr,
-    /// API key the SDKs must send (E2B_API_KEY); default: generated once, kept in the state
-    /// directory.
-    #[arg(long, env = "FIRKIN_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    /// Refused: a key on the command line is readable by every user of the host (`ps`).
+    /// Kept, hidden, to say so instead of "unexpected argument".
+    #[arg(long = "api-key", hide = true, value_name = "KEY")]
+    api_key_on_command_line: Option<String>,
+    /// File holding the API key the SDKs must send (E2B_API_KEY). The key may instead come
+    /// in FIRKIN_API_KEY (which wins); default: generated once into <state>/api-key (0600).
+    #[arg(long, env = "FIRKIN_API_KEY_FILE", value_name = "PATH")]
+    api_key_file: Option<PathBuf>,
+    /// `api-key` from the settings file.
+    #[arg(skip)]
+    config_api_key: Option<String>,
     /// Sandbox domain: `Host: <port>-<id>.<domain>` reaches a sandbox's port.
     #[arg(long, env = "FIRKIN_DOMAIN", default_value = "e2b.localhost")]
     domain: String,
@@ -89,8 +95,9 @@ impl ServeArgs {
         if let Some(domain) = file.domain.filter(|_| unset("domain")) {
             self.domain = domain;
         }
-        if unset("api_key") {
-            self.api_key = file.api_key.or(self.api_key.take());
+        self.config_api_key = file.api_key;
+        if unset("api_key_file") {
+            self.api_key_file = file.api_key_file.or(self.api_key_file.take());
         }
         if unset("envd_bin") {
             self.envd_bin = file.envd_bin.or(self.envd_bin.take());
@@ -117,6 +124,13 @@ impl ServeArgs {
 }
 
 pub(crate) fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
+    if args.api_key_on_command_line.is_some() {
+        bail!(
+            "--api-key is not accepted: a command line is readable by every user of the host. \
+             Pass the key in FIRKIN_API_KEY or in a file (--api-key-file), or leave it out to \
+             use the generated <state>/api-key"
+        );
+    }
     if !crate::is_root() {
         bail!(
             "firkin serve needs root (it creates namespaces, cgroups and network devices); run it with sudo"
@@ -125,10 +139,20 @@ pub(crate) fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let envd = envd_binary(args.envd_bin.clone())?;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("create the state directory {}", state_dir.display()))?;
-    let api_key = match args.api_key.clone() {
-        Some(key) if !key.is_empty() => key,
-        _ => stored_api_key(state_dir)?,
-    };
+    let api_key = crate::api_key::resolve(
+        crate::api_key::KeySettings {
+            environment: std::env::var("FIRKIN_API_KEY").ok(),
+            key_file: args.api_key_file.clone(),
+            config_file: args.config_api_key.clone(),
+        },
+        state_dir,
+    )?;
+    if let crate::api_key::KeySource::Generated(path) = &api_key.source {
+        eprintln!(
+            "firkin serve: generated an API key, kept in {} (read it back with: sudo cat {0})",
+            path.display()
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -139,7 +163,7 @@ pub(crate) fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
 async fn serve(
     state_dir: &Path,
     envd: PathBuf,
-    api_key: String,
+    api_key: crate::api_key::ApiKey,
     args: ServeArgs,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
@@ -169,7 +193,7 @@ async fn serve(
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let address = listener.local_addr()?;
-    let mut config = E2bConfig::new(&api_key);
+    let mut config = E2bConfig::new(&api_key.key);
     config.domain = args.domain.clone();
     config.envd_version = firkin_envd::ENVD_VERSION.to_owned();
     config.connections.max_connections = args.max_connections;
@@ -201,7 +225,7 @@ async fn serve(
     eprintln!("Use it from the E2B SDKs with:");
     println!("export E2B_API_URL=http://{address}");
     println!("export E2B_SANDBOX_URL=http://{address}");
-    println!("export E2B_API_KEY={api_key}");
+    println!("{}", api_key.banner_line());
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = move || {
@@ -274,36 +298,6 @@ fn envd_binary(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-/// The API key kept in `<state>/api-key` (mode 0600), made on first use.
-fn stored_api_key(state_dir: &Path) -> anyhow::Result<String> {
-    let path = state_dir.join("api-key");
-    match std::fs::read_to_string(&path) {
-        Ok(key) if !key.trim().is_empty() => return Ok(key.trim().to_owned()),
-        Ok(_) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error).with_context(|| format!("read {}", path.display())),
-    }
-    let mut bytes = [0_u8; 20];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random API key: {e}"))?;
-    let key: String = format!(
-        "e2b_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    );
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("create {}", path.display()))?;
-    std::io::Write::write_all(&mut file, key.as_bytes())?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    eprintln!(
-        "firkin serve: generated an API key, kept in {}",
-        path.display()
-    );
-    Ok(key)
 }
 
 #[cfg(test)]

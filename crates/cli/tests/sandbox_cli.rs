@@ -84,20 +84,22 @@ mod tests {
         let mut lines = BufReader::new(child.stdout.take().unwrap())
             .lines()
             .map_while(Result::ok);
-        let mut exported = |name: &str| {
-            let prefix = format!("export {name}=");
-            lines
-                .find_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
-                .unwrap_or_else(|| panic!("the daemon printed no {name}"))
-        };
-        let url = exported("E2B_API_URL");
-        let key = exported("E2B_API_KEY");
+        let url = lines
+            .by_ref()
+            .find_map(|line| line.strip_prefix("export E2B_API_URL=").map(str::to_owned))
+            .expect("the daemon printed no E2B_API_URL");
+        // A key it was given, the daemon does not print; it names where it came from.
+        let key_line = lines
+            .find(|line| line.contains("E2B_API_KEY"))
+            .expect("the daemon said nothing about E2B_API_KEY");
+        assert!(!key_line.contains("key-from-the-file"), "{key_line}");
+        assert!(key_line.contains("settings file"), "{key_line}");
+        let key = "key-from-the-file".to_owned();
         assert_eq!(
             url,
             format!("http://127.0.0.1:{port}"),
             "the flag must win over the file"
         );
-        assert_eq!(key, "key-from-the-file");
         Some(Daemon {
             child,
             url,
@@ -145,6 +147,15 @@ mod tests {
         .trim()
         .to_owned();
         assert_eq!(id.len(), 20, "{id}");
+        // With the daemon and a sandbox running, no command line shows the API key.
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains(&daemon.key),
+                "process {:?} shows the API key",
+                entry.file_name()
+            );
+        }
         let listed: serde_json::Value =
             serde_json::from_str(&ok(&firkin(&daemon, &["--json", "ls"]))).unwrap();
         assert_eq!(listed[0]["sandboxID"], id.as_str());
@@ -191,6 +202,28 @@ mod tests {
             ok(&firkin(&daemon, &["ls"])).lines().count(),
             1,
             "only the header left"
+        );
+    }
+
+    #[test]
+    fn serve_refuses_an_api_key_on_its_command_line() {
+        let state = tempfile::tempdir().unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_firkin"))
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--api-key", "visible-to-ps"])
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("--api-key is not accepted") && stderr.contains("FIRKIN_API_KEY"),
+            "{stderr}"
+        );
+        assert!(
+            std::fs::read_dir(state.path()).unwrap().next().is_none(),
+            "a refused start wrote to the state directory"
         );
     }
 }

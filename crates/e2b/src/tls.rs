@@ -76,6 +76,9 @@ fn write_private(path: &Path, text: &str) -> Result<(), TlsError> {
         .mode(0o600)
         .open(path)
         .map_err(io("create", path))?;
+    // An existing file keeps its mode through open: restrict it before writing the key.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(io("chmod 0600", path))?;
     file.write_all(text.as_bytes()).map_err(io("write", path))
 }
 
@@ -100,12 +103,25 @@ impl LocalCa {
     ///
     /// [`TlsError`] when files cannot be written or keys generated.
     pub fn ensure(dir: &Path, domain: &str) -> Result<Self, TlsError> {
+        use std::os::unix::fs::PermissionsExt as _;
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        // Anyone may read the CA certificate by its name (SDK users point SSL_CERT_FILE at
+        // it); no one else may list the directory or read a key.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(io("chmod 0711", dir))?;
         let ca_cert = dir.join("ca.pem");
         let ca_key = dir.join("ca-key.pem");
         let server_cert = dir.join("server.pem");
         let server_key = dir.join("server-key.pem");
         let domain_file = dir.join("server.domain");
+        for key in [&ca_key, &server_key] {
+            match std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("chmod 0600", key)(error));
+                }
+                _ => {}
+            }
+        }
 
         if !ca_cert.exists() || !ca_key.exists() {
             let key = KeyPair::generate().map_err(|source| TlsError::Generate {
@@ -251,5 +267,40 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "the CA key is readable by others");
+    }
+
+    #[test]
+    fn keys_left_open_by_an_older_firkin_are_restricted() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("tls");
+        LocalCa::ensure(&dir, "e2b.localhost").unwrap();
+        let set = |name: &str, mode: u32| {
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        };
+        let mode = |name: &str| {
+            std::fs::metadata(dir.join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        set("ca-key.pem", 0o644);
+        set("server-key.pem", 0o644);
+        set("", 0o755);
+        LocalCa::ensure(&dir, "e2b.localhost").unwrap();
+        assert_eq!(mode("ca-key.pem"), 0o600);
+        assert_eq!(mode("server-key.pem"), 0o600);
+        assert_eq!(mode(""), 0o711, "others may list the TLS directory");
+        // A new domain rewrites the server key in place: still private.
+        set("server-key.pem", 0o644);
+        LocalCa::ensure(&dir, "other.localhost").unwrap();
+        assert_eq!(mode("server-key.pem"), 0o600);
+        assert_eq!(
+            mode("ca.pem") & 0o004,
+            0o004,
+            "the CA certificate is for everyone"
+        );
     }
 }

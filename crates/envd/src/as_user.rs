@@ -49,6 +49,37 @@ where
         .map_err(|_| io::Error::other("the file worker thread panicked"))?
 }
 
+/// [`run`] for synchronous code that lends `work` borrowed state: `work` runs on a scoped
+/// thread with `user`'s file-system permissions, and this blocks until it is done. Called
+/// on a thread that already is `user` (or from envd when not root), `work` runs right here.
+///
+/// # Errors
+///
+/// What `work` returns, or why the credentials could not be taken.
+pub fn run_scoped<T: Send>(
+    user: &User,
+    work: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    if !needs_switch(user) {
+        return work();
+    }
+    let uid = Uid::from_raw(user.uid);
+    let gid = Gid::from_raw(user.gid);
+    let groups: Vec<Gid> = std::iter::once(user.gid)
+        .chain(user.groups.iter().copied())
+        .map(Gid::from_raw)
+        .collect();
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("envd-as-user".into())
+            .spawn_scoped(scope, || {
+                become_user(uid, gid, &groups).and_then(|()| work())
+            })?
+            .join()
+            .map_err(|_| io::Error::other("the file worker thread panicked"))?
+    })
+}
+
 /// Whether running as `user` takes a change of credentials.
 #[must_use]
 pub fn needs_switch(user: &User) -> bool {

@@ -6,6 +6,7 @@
 //! all talk to a sandbox through it. It must not own sandbox lifecycle: that belongs to the
 //! daemon and the driver.
 
+pub mod access_token;
 pub mod as_user;
 pub mod auth;
 pub mod filesystem;

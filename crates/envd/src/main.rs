@@ -15,9 +15,12 @@ struct Args {
     /// Address to serve on.
     #[arg(long, default_value = "0.0.0.0:49983", env = "FIRKIN_ENVD_LISTEN")]
     listen: SocketAddr,
-    /// Token every request must carry in X-Access-Token (default: none).
-    #[arg(long, env = "FIRKIN_ENVD_ACCESS_TOKEN")]
-    access_token: Option<String>,
+    /// Read the token every request must carry in X-Access-Token from this inherited file
+    /// descriptor (to its end, then closed), e.g. `--access-token-fd 3 3<token-file`.
+    /// Default: no token. There is deliberately no flag or variable taking the token itself:
+    /// command lines and environments are readable in /proc.
+    #[arg(long, value_name = "FD")]
+    access_token_fd: Option<i32>,
     /// User for requests that name none (default: `user` when it exists, else root).
     #[arg(long)]
     default_user: Option<String>,
@@ -56,6 +59,13 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // First, before PID 1 forks and before any thread or child exists: no child inherits
+    // the pipe, and a bad descriptor fails the start instead of serving without a token.
+    let access_token = args
+        .access_token_fd
+        .map(firkin_envd::access_token::read_from_fd)
+        .transpose()
+        .context("--access-token-fd")?;
     // Before any thread exists: PID 1 forks off the server and stays behind as the reaper.
     if args.init || rustix::process::getpid() == rustix::process::Pid::INIT {
         // SAFETY: no thread has been started yet: the subscriber and the argument parser run
@@ -67,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         .default_user
         .unwrap_or_else(|| if users.exists("user") { "user" } else { "root" }.to_owned());
     let settings = Settings {
-        access_token: args.access_token,
+        access_token,
         default_user,
         default_workdir: args.workdir,
         envs: Default::default(),

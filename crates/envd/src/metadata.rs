@@ -70,6 +70,23 @@ pub fn write(path: &Path, key: &str, value: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Set `user.e2b.<key>` = `value` on the open file `file`: on that file, whatever its path
+/// names by now (the path may have been swapped for a symlink since it was opened).
+///
+/// # Errors
+///
+/// When the file system refuses extended attributes (`ENOTSUP`) or the key is invalid.
+pub fn write_fd(file: impl std::os::fd::AsFd, key: &str, value: &str) -> io::Result<()> {
+    let name = format!("{XATTR_PREFIX}{key}");
+    rustix::fs::fsetxattr(
+        file,
+        name.as_str(),
+        value.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )?;
+    Ok(())
+}
+
 /// The spare capacity of `buffer` as rustix's output buffer (filled and length set by it).
 fn spare(buffer: &mut Vec<u8>) -> rustix::buffer::SpareCapacity<'_, u8> {
     rustix::buffer::spare_capacity(buffer)

@@ -156,7 +156,7 @@ impl NamespaceDriver {
     ///
     /// When the template, cgroups or network cannot be set up.
     pub async fn new(config: NamespaceConfig, surviving: &[RuntimeHandle]) -> Result<Self> {
-        searchable_by_sandboxes(&config.state_dir)?;
+        private_but_searchable_by_sandboxes(&config.state_dir, config.id_shift)?;
         let host = HostFacts::read().map_err(launch_failed)?;
         let template = BaseTemplate::build(
             &config.state_dir.join("templates/base"),
@@ -337,8 +337,6 @@ impl Core {
             envd_args: [
                 "--listen",
                 "0.0.0.0:49983",
-                "--access-token",
-                &token,
                 "--default-user",
                 "user",
                 "--child-oom-score-adj",
@@ -347,6 +345,7 @@ impl Core {
             .map(String::from)
             .to_vec(),
             envd_env: vec![],
+            envd_access_token: Some(crate::sandbox::EnvdAccessToken(token.clone())),
         };
         let helper = self.config.init_helper.clone();
         let ids = IdMap {
@@ -513,23 +512,12 @@ impl Core {
     }
 }
 
-/// Sandbox root (a shifted, unprivileged host id) mounts its overlays from under the state
-/// directory, so every directory on the way must let others search it. The state directory
-/// itself is made so (search only: its entries stay unlistable); an ancestor that is not is
-/// an error to fix by hand.
-fn searchable_by_sandboxes(state_dir: &Path) -> Result<()> {
+/// See [`crate::state_dir`] for who may enter the state directory. Every ancestor must let
+/// others search it, for sandbox root to reach its mounts (an ancestor that does not is an
+/// error to fix by hand).
+fn private_but_searchable_by_sandboxes(state_dir: &Path, shift: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::create_dir_all(state_dir)
-        .map_err(|e| launch_failed(format!("create {}: {e}", state_dir.display())))?;
-    let mode = std::fs::metadata(state_dir)
-        .map_err(|e| launch_failed(format!("stat {}: {e}", state_dir.display())))?
-        .permissions()
-        .mode();
-    if mode & 0o001 == 0 {
-        tracing::info!(dir = %state_dir.display(), "letting sandboxes search the state directory (o+x)");
-        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(mode | 0o001))
-            .map_err(|e| launch_failed(format!("chmod o+x {}: {e}", state_dir.display())))?;
-    }
+    crate::state_dir::restrict(state_dir, shift).map_err(launch_failed)?;
     let absolute = std::fs::canonicalize(state_dir)
         .map_err(|e| launch_failed(format!("resolve {}: {e}", state_dir.display())))?;
     for ancestor in absolute.ancestors().skip(1) {

@@ -14,5 +14,6 @@ pub mod net;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
+pub mod state_dir;
 pub mod sys;
 pub mod warm;

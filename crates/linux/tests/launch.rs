@@ -174,6 +174,7 @@ mod tests {
                 .map(String::from)
                 .to_vec(),
             envd_env: vec![],
+            envd_access_token: None,
             no_new_privs: true,
         };
         let layout = firkin_linux::cgroup::CgroupLayout::detect().unwrap();

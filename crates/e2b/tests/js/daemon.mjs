@@ -261,8 +261,7 @@ export class Daemon {
 export async function startDaemon(runId) {
   const port = await freePort()
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), `firkin-e2b-js-sdk-${runId}-`))
-  // mkdtemp makes it 0700, which the sandboxes' id-shifted overlay mounts cannot traverse.
-  fs.chmodSync(stateDir, 0o755)
+  // mkdtemp makes it 0700; the daemon itself opens it as far as the sandboxes need (0711).
   fs.mkdirSync(path.join(REPO, 'target'), { recursive: true })
   const logPath = path.join(REPO, 'target', `e2b-js-sdk-tests-${port}.log`)
   const apiKey = `e2b_test_${randomUUID().replace(/-/g, '')}`
@@ -278,8 +277,6 @@ export async function startDaemon(runId) {
       `127.0.0.1:${port}`,
       '--envd-bin',
       envdBinary(),
-      '--api-key',
-      apiKey,
     ],
     {
       stdio: ['ignore', 'pipe', logFd],
@@ -287,14 +284,17 @@ export async function startDaemon(runId) {
         PATH: process.env.PATH || '/usr/sbin:/usr/bin:/sbin:/bin',
         FIRKIN_LOG: 'info',
         NO_COLOR: '1',
+        // Never on the command line (readable by every user): the environment.
+        FIRKIN_API_KEY: apiKey,
       },
     }
   )
   fs.closeSync(logFd)
-  const env = {}
+  // The daemon prints no key it was given (only one it generated): the key is ours.
+  const env = { E2B_API_KEY: apiKey }
   const daemon = new Daemon({ child, logPath, stateDir, env, runId, slotsBefore })
 
-  const wanted = ['E2B_API_URL', 'E2B_SANDBOX_URL', 'E2B_API_KEY']
+  const wanted = ['E2B_API_URL', 'E2B_SANDBOX_URL']
   const lines = readline.createInterface({ input: child.stdout })
   const ready = await new Promise((resolve) => {
     const timer = setTimeout(() => resolve(false), 30_000)
@@ -304,7 +304,7 @@ export async function startDaemon(runId) {
     }
     lines.on('line', (line) => {
       const match = /^export (E2B_[A-Z_]+)=(.*)$/.exec(line.trim())
-      if (match) env[match[1]] = match[2]
+      if (match && match[1] !== 'E2B_API_KEY') env[match[1]] = match[2]
       if (wanted.every((key) => key in env)) done(true)
     })
     lines.on('close', () => done(wanted.every((key) => key in env)))
@@ -325,7 +325,6 @@ export async function startDaemon(runId) {
   const problems = []
   if (env.E2B_API_URL !== expectedUrl) problems.push(`E2B_API_URL=${env.E2B_API_URL}`)
   if (env.E2B_SANDBOX_URL !== expectedUrl) problems.push(`E2B_SANDBOX_URL=${env.E2B_SANDBOX_URL}`)
-  if (env.E2B_API_KEY !== apiKey) problems.push('the daemon did not print the --api-key it was given')
   if (problems.length) {
     child.kill('SIGKILL')
     await daemon.exit

@@ -193,8 +193,7 @@ def start_daemon(run_id: str) -> Daemon:
     port = free_port()
     tls_port = free_port()
     state_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"firkin-e2b-sdk-{run_id}-"))
-    # mkdtemp makes it 0700, which the sandboxes' id-shifted overlay mounts cannot traverse.
-    state_dir.chmod(0o755)
+    # mkdtemp makes it 0700; the daemon itself opens it as far as the sandboxes need (0711).
     log_path = REPO / "target" / f"e2b-sdk-tests-{port}.log"
     api_key = f"e2b_test_{uuid.uuid4().hex}"
     log = open(log_path, "wb")
@@ -208,8 +207,6 @@ def start_daemon(run_id: str) -> Daemon:
             f"127.0.0.1:{port}",
             "--envd-bin",
             str(envd),
-            "--api-key",
-            api_key,
             "--tls-listen",
             f"127.0.0.1:{tls_port}",
         ],
@@ -220,6 +217,8 @@ def start_daemon(run_id: str) -> Daemon:
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "FIRKIN_LOG": "info",
             "NO_COLOR": "1",
+            # Never on the command line (readable by every user): the environment.
+            "FIRKIN_API_KEY": api_key,
         },
     )
     log.close()
@@ -233,9 +232,10 @@ def start_daemon(run_id: str) -> Daemon:
         lines.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
-    env: dict[str, str] = {}
     deadline = time.monotonic() + 30
-    wanted = {"E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN", "SSL_CERT_FILE"}
+    # The daemon prints no key it was given (only one it generated): the key is ours.
+    env: dict[str, str] = {"E2B_API_KEY": api_key}
+    wanted = {"E2B_API_URL", "E2B_SANDBOX_URL", "E2B_DOMAIN", "SSL_CERT_FILE"}
     while not wanted <= env.keys():
         try:
             line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -257,7 +257,7 @@ def start_daemon(run_id: str) -> Daemon:
     daemon = Daemon(process, log_path, state_dir, env, run_id)
     assert env["E2B_API_URL"] == f"http://127.0.0.1:{port}", env
     assert env["E2B_SANDBOX_URL"] == f"http://127.0.0.1:{port}", env
-    assert env["E2B_API_KEY"] == api_key, "the daemon did not print the --api-key it was given"
+    assert env["E2B_API_KEY"] == api_key, "the daemon printed an E2B_API_KEY it was given"
     return daemon
 
 

@@ -255,7 +255,8 @@ mod tests {
     #[tokio::test]
     async fn a_polled_watcher_collects_until_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let watch = watch::Setup::open(dir.path(), false, false)
+        let user = crate::as_user::tests::someone(rustix::process::geteuid().as_raw());
+        let watch = watch::Setup::open(dir.path(), false, false, &user)
             .unwrap()
             .start()
             .unwrap();

@@ -62,8 +62,9 @@ impl FilesystemService {
     ) -> Result<DirWatch, ConnectError> {
         let (user, path) = self.user_and_path(ctx, path)?;
         let root = path.clone();
+        let watcher = user.clone();
         let setup = as_user(&user, move || {
-            Setup::open(&path, recursive, allow_network_mounts)
+            Setup::open(&path, recursive, allow_network_mounts, &watcher)
         })
         .await?;
         setup.start().map_err(|error| {

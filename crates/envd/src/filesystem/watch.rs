@@ -22,8 +22,10 @@ use connectrpc::ConnectError;
 use futures::StreamExt;
 use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask, Watches};
 
+use crate::as_user;
 use crate::filesystem::ops::{io_error, not_found};
 use crate::proto::filesystem::EventType;
+use crate::users::User;
 
 /// What happened to an entry, as E2B's `EventType`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +133,9 @@ struct Tree {
     root_id: i32,
     /// Whether the per-user watch limit was hit (warned about once).
     full: bool,
+    /// Who watches: directories that appear later are listed and watched as this user,
+    /// never as root (who could watch, and so reveal, what the user may not read).
+    user: User,
 }
 
 struct Watched {
@@ -256,6 +261,7 @@ impl Setup {
         root: &Path,
         recursive: bool,
         allow_network_mounts: bool,
+        user: &User,
     ) -> Result<Self, ConnectError> {
         let metadata = fs::metadata(root).map_err(|error| match error.raw_os_error() {
             Some(libc::ENOENT | libc::ENOTDIR) => not_found(root),
@@ -286,6 +292,7 @@ impl Setup {
             dirs: HashMap::new(),
             root_id: -1,
             full: false,
+            user: user.clone(),
         };
         tree.add_tree(Path::new(""), recursive, None)
             .map_err(|error| io_error("cannot watch", root, &error))?;
@@ -400,10 +407,13 @@ impl DirWatch {
         };
         let mut events = vec![ChangeEvent::new(&self.tree.root, &relative, change)];
         if self.recursive && name.is_some() && mask.contains(EventMask::ISDIR) {
+            let user = self.tree.user.clone();
+            let tree = &mut self.tree;
             let added = if mask.contains(EventMask::CREATE) {
-                self.tree.add_tree(&relative, true, Some(&mut events))
+                let events = &mut events;
+                as_user::run_scoped(&user, || tree.add_tree(&relative, true, Some(events)))
             } else if mask.contains(EventMask::MOVED_TO) {
-                self.tree.add_tree(&relative, true, None)
+                as_user::run_scoped(&user, || tree.add_tree(&relative, true, None))
             } else {
                 if mask.contains(EventMask::MOVED_FROM) {
                     self.tree.forget_tree(&relative);
@@ -479,7 +489,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         fs::create_dir(root.join("sub")).unwrap();
-        let mut watch = Setup::open(&root, false, false).unwrap().start().unwrap();
+        let mut watch = Setup::open(&root, false, false, &envd_user())
+            .unwrap()
+            .start()
+            .unwrap();
         fs::write(root.join("a.txt"), b"x").unwrap();
         fs::rename(root.join("a.txt"), root.join("b.txt")).unwrap();
         fs::remove_file(root.join("b.txt")).unwrap();
@@ -503,12 +516,75 @@ mod tests {
         );
     }
 
+    /// The user envd runs as (so nothing switches).
+    fn envd_user() -> User {
+        crate::as_user::tests::someone(rustix::process::geteuid().as_raw())
+    }
+
+    #[tokio::test]
+    async fn directories_moved_in_are_watched_as_the_user_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let nobody = crate::as_user::tests::someone(65_534);
+        if !crate::as_user::needs_switch(&nobody) {
+            eprintln!("SKIP watch-as-user test: needs root (there is no other identity)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let root = dir.path().join("watched");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
+        for name in ["public", "private"] {
+            fs::create_dir_all(dir.path().join(name).join("inner")).unwrap();
+        }
+        // root's own: the user may not read it.
+        fs::set_permissions(
+            dir.path().join("private"),
+            fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        let mut watch = Setup::open(&root, true, false, &nobody)
+            .unwrap()
+            .start()
+            .unwrap();
+        for name in ["public", "private"] {
+            fs::rename(dir.path().join(name), root.join(name)).unwrap();
+        }
+        let seen = collect_until(&mut watch, |seen| {
+            seen.contains(&("private".to_owned(), Change::Create))
+        })
+        .await;
+        assert!(
+            seen.contains(&("public".to_owned(), Change::Create)),
+            "{seen:?}"
+        );
+        // Events come in order: once the marker is seen, anything before it was too.
+        fs::write(root.join("public/inner/visible"), b"x").unwrap();
+        fs::write(root.join("private/inner/secret"), b"x").unwrap();
+        fs::write(root.join("marker"), b"x").unwrap();
+        let seen = collect_until(&mut watch, |seen| {
+            seen.contains(&("marker".to_owned(), Change::Create))
+        })
+        .await;
+        assert!(
+            seen.contains(&("public/inner/visible".to_owned(), Change::Create)),
+            "{seen:?}"
+        );
+        assert!(
+            !seen.iter().any(|(name, _)| name.contains("secret")),
+            "a directory the user may not read was watched for it: {seen:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_recursive_watch_follows_new_directories_and_ends_with_its_root() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("watched");
         fs::create_dir_all(root.join("old/deeper")).unwrap();
-        let mut watch = Setup::open(&root, true, false).unwrap().start().unwrap();
+        let mut watch = Setup::open(&root, true, false, &envd_user())
+            .unwrap()
+            .start()
+            .unwrap();
         fs::write(root.join("old/deeper/f"), b"x").unwrap();
         // Created before the watch reads the parent's event: found by the scan.
         fs::create_dir_all(root.join("new/inner")).unwrap();
@@ -572,7 +648,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
         fs::write(&file, b"x").unwrap();
-        let code = |path: &Path| Setup::open(path, false, false).unwrap_err().code;
+        let code = |path: &Path| {
+            Setup::open(path, false, false, &envd_user())
+                .unwrap_err()
+                .code
+        };
         assert_eq!(
             code(&dir.path().join("missing")),
             connectrpc::ErrorCode::NotFound

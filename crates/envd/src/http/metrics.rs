@@ -1,10 +1,15 @@
 //! `GET /metrics`: the sandbox's CPU, memory and disk use, in E2B envd's JSON.
 //!
-//! Inside a sandbox `/proc` and `/` are the sandbox's own, so the machine-wide numbers are the
-//! sandbox's (no cgroup is read).
+//! `/` is the sandbox's own root, so its disk numbers are the sandbox's. `/proc/stat` and
+//! `/proc/meminfo` are the host's, though: where the sandbox's cgroup sets a memory or CPU
+//! limit, the numbers come from the cgroup instead ([`super::cgroup`]): the limit as the total
+//! (never above the machine's), its use, and CPU busy as a share of the CPUs it may use.
 
+use std::path::Path;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use super::cgroup::{self, CgroupUsage};
 
 use axum::Json;
 use serde::Serialize;
@@ -42,7 +47,18 @@ struct CpuTimes {
     total: u64,
 }
 
-static LAST_CPU: Mutex<Option<CpuTimes>> = Mutex::new(None);
+/// One reading of the CPU counters: the host's, and the cgroup's with its time.
+#[derive(Clone, Copy, Debug)]
+struct CpuSample {
+    host: CpuTimes,
+    cgroup_usec: Option<u64>,
+    at: Instant,
+}
+
+static LAST_CPU: Mutex<Option<CpuSample>> = Mutex::new(None);
+
+/// Where the sandbox's cgroup hierarchies are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// `GET /metrics`.
 ///
@@ -50,39 +66,99 @@ static LAST_CPU: Mutex<Option<CpuTimes>> = Mutex::new(None);
 ///
 /// 500 when `/proc` or `/` cannot be read.
 pub async fn get_metrics() -> Result<Json<Metrics>, HttpError> {
+    metrics_from(Path::new(CGROUP_ROOT)).await.map(Json)
+}
+
+/// The metrics, with the cgroup hierarchies under `cgroup_root`.
+async fn metrics_from(cgroup_root: &Path) -> Result<Metrics, HttpError> {
+    let sample = || -> Result<(CpuSample, u32), HttpError> {
+        let (host, count) = read_cpu()?;
+        let cgroup_usec = cgroup::read(cgroup_root).cpu_usage_usec;
+        Ok((
+            CpuSample {
+                host,
+                cgroup_usec,
+                at: Instant::now(),
+            },
+            count,
+        ))
+    };
     let previous = *LAST_CPU
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let previous = match previous {
         Some(previous) => previous,
         None => {
-            let first = read_cpu()?.0;
+            let first = sample()?.0;
             tokio::time::sleep(Duration::from_millis(100)).await;
             first
         }
     };
-    let (now, cpu_count) = read_cpu()?;
+    let (now, host_cpus) = sample()?;
     *LAST_CPU
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(now);
+    let usage = cgroup::read(cgroup_root);
     let meminfo = std::fs::read_to_string("/proc/meminfo")
         .map_err(|error| HttpError::internal(format!("cannot read /proc/meminfo: {error}")))?;
-    let (mem_total, mem_used) = memory(&meminfo);
+    let (mem_total, mem_used) = sandbox_memory(memory(&meminfo), &usage);
+    let (cpu_count, cpu_used_pct) = sandbox_cpu(host_cpus, &usage, previous, now);
     let disk = rustix::fs::statvfs("/")
         .map_err(|error| HttpError::internal(format!("cannot statvfs /: {error}")))?;
     let disk_total = disk.f_blocks.saturating_mul(disk.f_frsize);
     let disk_free = disk.f_bavail.saturating_mul(disk.f_frsize);
-    Ok(Json(Metrics {
+    Ok(Metrics {
         ts: unix_now(),
         cpu_count,
-        cpu_used_pct: busy_percent(previous, now),
+        cpu_used_pct,
         mem_total_mib: mem_total / (1024 * 1024),
         mem_used_mib: mem_used / (1024 * 1024),
         mem_total,
         mem_used,
         disk_used: disk_total.saturating_sub(disk_free),
         disk_total,
-    }))
+    })
+}
+
+/// (total, used) memory: the cgroup's limit (at most the machine's memory) and use where it
+/// has a limit, else the machine's `host` numbers.
+fn sandbox_memory(host: (u64, u64), usage: &CgroupUsage) -> (u64, u64) {
+    match (usage.memory_limit, usage.memory_used) {
+        (Some(limit), Some(used)) => {
+            let total = limit.min(host.0);
+            (total, used.min(total))
+        }
+        _ => host,
+    }
+}
+
+/// (CPUs, busy percent of them): the cgroup's quota in whole CPUs (rounded up, at most the
+/// machine's) and its CPU time over the wall time between the samples, where it has a
+/// quota; else the machine's.
+fn sandbox_cpu(
+    host_cpus: u32,
+    usage: &CgroupUsage,
+    before: CpuSample,
+    after: CpuSample,
+) -> (u32, f32) {
+    let Some(limit) = usage.cpu_limit else {
+        return (host_cpus, busy_percent(before.host, after.host));
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let cpus = (limit.ceil() as u32).clamp(1, host_cpus.max(1));
+    let (Some(used_before), Some(used_after)) = (before.cgroup_usec, after.cgroup_usec) else {
+        return (cpus, busy_percent(before.host, after.host));
+    };
+    let wall = after.at.duration_since(before.at).as_micros();
+    if wall == 0 {
+        return (cpus, 0.0);
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let share =
+        used_after.saturating_sub(used_before) as f64 / (wall as f64 * limit.min(f64::from(cpus)));
+    #[allow(clippy::cast_possible_truncation)]
+    let percent = ((share * 100.0).min(100.0) * 100.0).round() as f32 / 100.0;
+    (cpus, percent)
 }
 
 fn read_cpu() -> Result<(CpuTimes, u32), HttpError> {
@@ -190,6 +266,40 @@ mod tests {
                        Buffers:          50 kB\nCached:          200 kB\nSwapCached: 7 kB\n\
                        SReclaimable:     50 kB\n";
         assert_eq!(memory(meminfo), (1_024_000, 600 * 1024));
+    }
+
+    #[test]
+    fn a_cgroup_limit_is_the_total_and_its_use_the_use() {
+        let host = (8 << 30, 3 << 30);
+        let limited = CgroupUsage {
+            memory_limit: Some(256 << 20),
+            memory_used: Some(100 << 20),
+            cpu_limit: Some(1.5),
+            cpu_usage_usec: None,
+        };
+        assert_eq!(sandbox_memory(host, &limited), (256 << 20, 100 << 20));
+        assert_eq!(sandbox_memory(host, &CgroupUsage::default()), host);
+        // A limit above the machine's memory is the machine's.
+        let huge = CgroupUsage {
+            memory_limit: Some(64 << 30),
+            ..limited
+        };
+        assert_eq!(sandbox_memory(host, &huge), (8 << 30, 100 << 20));
+
+        let at = Instant::now();
+        let sample = |usec, offset_ms| CpuSample {
+            host: CpuTimes::default(),
+            cgroup_usec: Some(usec),
+            at: at + Duration::from_millis(offset_ms),
+        };
+        // 1.5 CPUs → 2; 75 ms of CPU in 100 ms of 1.5 CPUs is 50 %.
+        let (cpus, busy) = sandbox_cpu(8, &limited, sample(0, 0), sample(75_000, 100));
+        assert_eq!(cpus, 2);
+        assert!((busy - 50.0).abs() < 0.01, "{busy}");
+        assert_eq!(
+            sandbox_cpu(8, &CgroupUsage::default(), sample(0, 0), sample(1, 100)).0,
+            8
+        );
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! Every error answer has envd's JSON body `{"code": <status>, "message": "..."}`, including
 //! malformed queries and methods a route does not have.
 
+pub mod cgroup;
 pub mod download;
 pub mod files;
 pub mod init;

@@ -95,7 +95,12 @@ pub async fn post_files(
     } else {
         raw
     };
-    let upload = Upload { user, metadata };
+    let upload = Upload {
+        user,
+        metadata,
+        #[cfg(test)]
+        after_copy: None,
+    };
     match kind {
         BodyKind::Raw => {
             let result = upload.raw(query.path.as_deref(), &mut stream).await;
@@ -364,7 +369,15 @@ async fn drain_multipart(multipart: &mut multer::Multipart<'static>) {
 struct Upload {
     user: User,
     metadata: BTreeMap<String, String>,
+    /// Tests only: called with the target once its bytes are copied (or failed to), before
+    /// the metadata is set or a partial file removed, to swap the path meanwhile.
+    #[cfg(test)]
+    after_copy: Option<AfterCopy>,
 }
+
+/// See [`Upload::after_copy`].
+#[cfg(test)]
+type AfterCopy = Box<dyn Fn(&Path) + Send + Sync>;
 
 impl Upload {
     async fn raw(
@@ -414,6 +427,11 @@ impl Upload {
 
     /// Stream `source` into `target` (created or truncated, owned by the user), then set the
     /// metadata. A failed write leaves no partial file.
+    ///
+    /// Everything envd does as root here goes through the descriptor the user opened
+    /// (fchown, fsetxattr), never through the path, which the user may have pointed
+    /// elsewhere meanwhile (a symlink to a root-owned file); the partial file is removed as
+    /// the user, and only while the path still names it.
     async fn write(
         &self,
         target: PathBuf,
@@ -422,6 +440,10 @@ impl Upload {
         let opened = target.clone();
         let file = as_user::run(&self.user, move || open_for_writing(&opened))
             .await
+            .map_err(|error| write_error("error opening file", &target, &error))?;
+        // The written file itself, for what follows the copy (which consumes `file`).
+        let written = file
+            .try_clone()
             .map_err(|error| write_error("error opening file", &target, &error))?;
         if rustix::process::geteuid().is_root() {
             // The user's file even when it existed before and belonged to someone else (the
@@ -450,14 +472,20 @@ impl Upload {
         }
         .await;
         drop(writer);
+        #[cfg(test)]
+        if let Some(hook) = &self.after_copy {
+            hook(&target);
+        }
         if let Err(error) = copied {
-            if let Err(removal) = tokio::fs::remove_file(&target).await {
+            let partial = target.clone();
+            let removed = as_user::run(&self.user, move || remove_if_same(&partial, &written));
+            if let Err(removal) = removed.await {
                 tracing::warn!(path = %target.display(), %removal, "cannot remove a partial upload");
             }
             return Err(error);
         }
         for (key, value) in &self.metadata {
-            crate::metadata::write(&target, key, value).map_err(|error| {
+            crate::metadata::write_fd(&written, key, value).map_err(|error| {
                 write_error(
                     &format!("error setting metadata '{key}' on"),
                     &target,
@@ -485,6 +513,19 @@ fn write_error(what: &str, path: &Path, error: &io::Error) -> HttpError {
         }
         _ => HttpError::from_io(what, path, error),
     }
+}
+
+/// Remove `path` if it still names the file `opened` (runs as the user): a path swapped
+/// meanwhile for another file is left alone.
+fn remove_if_same(path: &Path, opened: &File) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (now, then) = (std::fs::symlink_metadata(path)?, opened.metadata()?);
+    if (now.dev(), now.ino()) != (then.dev(), then.ino()) {
+        return Err(io::Error::other(
+            "the path names another file now; left alone",
+        ));
+    }
+    std::fs::remove_file(path)
 }
 
 /// Create `path`'s missing parent directories and open it for writing, truncated (runs as
@@ -654,6 +695,102 @@ mod tests {
             Ok(false)
         );
         assert!(gzip_content_encoding(&with(header::CONTENT_ENCODING, "br")).is_err());
+    }
+
+    /// The user envd's tests run as: this process's own (so nothing needs to switch).
+    fn current_user() -> User {
+        User {
+            name: "tester".into(),
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            groups: vec![],
+            home: PathBuf::from("/"),
+            shell: "/bin/sh".into(),
+        }
+    }
+
+    /// An upload whose path, once the bytes are copied, is moved to `<target>.moved` and
+    /// replaced by a symlink to `victim`.
+    fn swapping_upload(victim: PathBuf) -> Upload {
+        Upload {
+            user: current_user(),
+            metadata: BTreeMap::from([("author".to_owned(), "ada".to_owned())]),
+            after_copy: Some(Box::new(move |target: &Path| {
+                std::fs::rename(target, target.with_extension("moved")).unwrap();
+                std::os::unix::fs::symlink(&victim, target).unwrap();
+            })),
+        }
+    }
+
+    fn chunks(items: Vec<io::Result<&'static [u8]>>) -> ByteStream {
+        Box::pin(futures::stream::iter(
+            items.into_iter().map(|item| item.map(Bytes::from_static)),
+        ))
+    }
+
+    #[tokio::test]
+    async fn metadata_goes_on_the_written_file_even_when_the_path_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "not the upload").unwrap();
+        if let Err(error) = crate::metadata::write(&victim, "probe", "1") {
+            eprintln!("SKIP metadata swap test: no user xattrs here ({error})");
+            return;
+        }
+        let target = dir.path().join("upload.txt");
+        let upload = swapping_upload(victim.clone());
+        let mut stream = chunks(vec![Ok(b"payload")]);
+        upload
+            .write(target.clone(), Source::Raw(&mut stream))
+            .await
+            .unwrap();
+        let moved = target.with_extension("moved");
+        assert_eq!(std::fs::read_to_string(&moved).unwrap(), "payload");
+        assert_eq!(
+            crate::metadata::read(&moved).unwrap().get("author"),
+            Some(&"ada".to_owned())
+        );
+        assert_eq!(
+            crate::metadata::read(&victim).unwrap().get("author"),
+            None,
+            "the metadata followed the swapped path to another file"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_upload_removes_its_partial_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "not the upload").unwrap();
+        let target = dir.path().join("upload.txt");
+        let broken = || chunks(vec![Ok(b"part"), Err(io::Error::other("client went away"))]);
+
+        // The path swapped for a symlink: neither it nor what it points to is removed.
+        let mut stream = broken();
+        let upload = swapping_upload(victim.clone());
+        assert!(
+            upload
+                .write(target.clone(), Source::Raw(&mut stream))
+                .await
+                .is_err()
+        );
+        assert!(victim.exists(), "the swapped path's file was removed");
+        assert!(target.is_symlink(), "the swapped-in symlink was removed");
+
+        // Unswapped: the partial file is gone.
+        std::fs::remove_file(&target).unwrap();
+        let mut stream = broken();
+        let upload = Upload {
+            after_copy: None,
+            ..swapping_upload(victim)
+        };
+        assert!(
+            upload
+                .write(target.clone(), Source::Raw(&mut stream))
+                .await
+                .is_err()
+        );
+        assert!(!target.exists(), "a partial upload was left behind");
     }
 
     #[test]

@@ -121,17 +121,30 @@ class GeneratedReader(io.RawIOBase):
         return n
 
 
-def start_envd(port, *args):
+def start_envd(port, *args, token=None):
+    """envd on `port`; `token` goes in through a pipe (--access-token-fd), as the driver's."""
     with socket.socket() as sock:
         if sock.connect_ex(("127.0.0.1", port)) == 0:
             pytest.fail(f"port {port} is taken: stop whatever listens there")
     log = open(REPO / "target" / f"envd-sdk-tests-{port}.log", "wb")
-    process = subprocess.Popen(
-        [str(envd_binary()), "--listen", f"127.0.0.1:{port}", *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "FIRKIN_ENVD_LOG": "info"},
-    )
+    pass_fds = ()
+    if token is not None:
+        read_end, write_end = os.pipe()
+        os.write(write_end, token.encode())
+        os.close(write_end)
+        args = (*args, "--access-token-fd", str(read_end))
+        pass_fds = (read_end,)
+    try:
+        process = subprocess.Popen(
+            [str(envd_binary()), "--listen", f"127.0.0.1:{port}", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "FIRKIN_ENVD_LOG": "info"},
+            pass_fds=pass_fds,
+        )
+    finally:
+        for fd in pass_fds:
+            os.close(fd)
     wait_for_port(port)
     return process, log
 
@@ -496,7 +509,7 @@ def test_unknown_user_is_401(sandbox, workdir):
 
 @pytest.fixture(scope="module")
 def secured_envd(envd):
-    process, log = start_envd(TOKEN_PORT, "--access-token", TOKEN)
+    process, log = start_envd(TOKEN_PORT, token=TOKEN)
     yield process
     stop_envd(process, log)
 

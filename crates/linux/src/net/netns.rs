@@ -28,6 +28,14 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), NetError> {
         step: "create",
         source,
     })?;
+    // Only the driver (host root) opens the slots' namespace files: no one else lists them.
+    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(
+        |source| NetError::NetnsDir {
+            path: dir.to_owned(),
+            step: "chmod 0700",
+            source,
+        },
+    )?;
     let shared = MountPropagationFlags::SHARED | MountPropagationFlags::REC;
     match rustix::mount::mount_change(dir, shared) {
         Ok(()) => return Ok(()),

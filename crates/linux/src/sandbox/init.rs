@@ -13,6 +13,7 @@ use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use rustix::thread::{CapabilitySet, LinkNameSpaceType, UnshareFlags};
 
 use crate::sandbox::InitSpec;
+use crate::sandbox::cgroup_view::CgroupBind;
 use crate::sys::{self, Forked};
 
 /// Run the helper: read the spec and pipes from the environment, build the sandbox, and
@@ -117,6 +118,14 @@ unsafe fn run(status: &mut File) -> io::Result<Never> {
         }
     }
 
+    // The sandbox's cgroups (joined before the exec), while /proc/self/cgroup still names
+    // them: PID 1 shows them at the roots of /sys/fs/cgroup.
+    let read = |path: &str| std::fs::read_to_string(path).map_err(context(format!("read {path}")));
+    let cgroup_binds = crate::sandbox::cgroup_view::binds(
+        &read("/proc/self/cgroup")?,
+        &read("/proc/self/mountinfo")?,
+    );
+
     // 2. The other namespaces; the driver writes the id maps from outside.
     sys::unshare(
         UnshareFlags::NEWUSER
@@ -153,7 +162,7 @@ unsafe fn run(status: &mut File) -> io::Result<Never> {
             writeln!(status, "pid {pid}")?;
             std::process::exit(0);
         }
-        Forked::Child => become_pid1(&spec),
+        Forked::Child => become_pid1(&spec, &cgroup_binds),
     }
 }
 
@@ -239,8 +248,8 @@ fn mount_overlay(lower: &str, upper: &Path, work: &Path, target: &Path) -> io::R
 }
 
 /// PID 1: the kernel file systems, `/dev`, envd, `pivot_root`, exec.
-fn become_pid1(spec: &InitSpec) -> ! {
-    let error = match pid1_setup(spec) {
+fn become_pid1(spec: &InitSpec, cgroup_binds: &[CgroupBind]) -> ! {
+    let error = match pid1_setup(spec, cgroup_binds) {
         Ok(never) => match never {},
         Err(error) => error,
     };
@@ -248,7 +257,7 @@ fn become_pid1(spec: &InitSpec) -> ! {
     std::process::exit(1);
 }
 
-fn pid1_setup(spec: &InitSpec) -> io::Result<Never> {
+fn pid1_setup(spec: &InitSpec, cgroup_binds: &[CgroupBind]) -> io::Result<Never> {
     let root = &spec.root_dir;
     let at = |path: &str| inside(root, Path::new(path));
     let nosuid_nodev_noexec = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
@@ -262,6 +271,18 @@ fn pid1_setup(spec: &InitSpec) -> io::Result<Never> {
         .map_err(mount_err("bind /sys".into()))?;
     rustix::mount::mount_remount(at("/sys"), MountFlags::BIND | MountFlags::RDONLY, "")
         .map_err(mount_err("make /sys read-only".into()))?;
+    for bind in cgroup_binds {
+        let target = inside(root, &bind.mount_point);
+        let source = inside(&target, &bind.cgroup);
+        rustix::mount::mount_bind(&source, &target).map_err(mount_err(format!(
+            "bind the sandbox's cgroup {} at {}",
+            bind.cgroup.display(),
+            bind.mount_point.display()
+        )))?;
+        rustix::mount::mount_remount(&target, MountFlags::BIND | MountFlags::RDONLY, "").map_err(
+            mount_err(format!("make {} read-only", bind.mount_point.display())),
+        )?;
+    }
     mount_dev(root)?;
     ensure_dir(&at("/run"))?;
     rustix::mount::mount(
@@ -296,8 +317,14 @@ fn pid1_setup(spec: &InitSpec) -> io::Result<Never> {
         sys::install_seccomp(program).map_err(context("install the seccomp profile"))?;
     }
 
+    // The token's pipe stays open across the exec (the driver cleared its close-on-exec
+    // flag); envd reads it and closes it before anything else.
+    let token_fd = std::env::var(InitSpec::ENV_TOKEN_FD)
+        .ok()
+        .map(|fd| ["--access-token-fd".to_owned(), fd]);
     let error = std::process::Command::new(InitSpec::ENVD_PATH)
         .args(&spec.envd_args)
+        .args(token_fd.iter().flatten())
         .env_clear()
         .envs(spec.envd_env.iter().map(|(k, v)| (k, v)))
         .exec();

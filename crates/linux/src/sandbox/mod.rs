@@ -18,14 +18,16 @@
 //!    read-only host layers;
 //! 4. unshare the PID namespace and fork: the child is PID 1 of the sandbox; the helper
 //!    reports its host pid (`pid <n>`) and exits;
-//! 5. PID 1 mounts `/proc`, `/sys` (read-only), a minimal `/dev`, `/run`, binds envd,
+//! 5. PID 1 mounts `/proc`, `/sys` (read-only, with the sandbox's own cgroups at the roots of
+//!    `/sys/fs/cgroup`: [`cgroup_view`]), a minimal `/dev`, `/run`, binds envd,
 //!    `pivot_root`s into the new root and execs envd, which serves on port 49983.
 //!
 //! Any failure is reported as `err <message>` on the status pipe.
 
+pub mod cgroup_view;
 pub mod identity;
 pub mod init;
 pub mod spawn;
 pub mod spec;
 
-pub use spec::{InitSpec, LayerMount};
+pub use spec::{EnvdAccessToken, InitSpec, LayerMount};

@@ -87,6 +87,13 @@ pub fn launch(
         })
         .collect::<Result<Vec<File>, _>>()?;
 
+    let token = spec
+        .envd_access_token
+        .as_ref()
+        .map(|token| token_pipe(&token.0))
+        .transpose()
+        .map_err(io_error("pass envd its access token"))?;
+
     let mut command = Command::new(helper);
     command
         .env_clear()
@@ -99,9 +106,13 @@ pub fn launch(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    let inherited = [status_write.as_raw_fd(), go_read.as_raw_fd()];
+    let mut inherited = vec![status_write.as_raw_fd(), go_read.as_raw_fd()];
+    if let Some(token) = &token {
+        command.env(InitSpec::ENV_TOKEN_FD, token.as_raw_fd().to_string());
+        inherited.push(token.as_raw_fd());
+    }
     let cgroup_fds: Vec<i32> = cgroups.iter().map(AsRawFd::as_raw_fd).collect();
-    // SAFETY: `status_write`, `go_read` and `cgroups` own these fds and are dropped only
+    // SAFETY: `status_write`, `go_read`, `token` and `cgroups` own these fds and are dropped only
     // after the spawn below; `command` is spawned once.
     #[allow(unsafe_code)]
     unsafe {
@@ -111,7 +122,7 @@ pub fn launch(
         helper: helper.to_owned(),
         source,
     })?;
-    drop((status_write, go_read, cgroups));
+    drop((status_write, go_read, cgroups, token));
 
     let outcome = converse(child.id(), ids, status_read, go_write);
     // The helper exits right after reporting PID 1 (or failing): reap it.
@@ -285,6 +296,14 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
+/// A pipe holding `token` and closed for writing: its read end, for envd to read to the end.
+/// A token fits the pipe's buffer (64 KiB), so the write never waits for a reader.
+fn token_pipe(token: &str) -> std::io::Result<OwnedFd> {
+    let (read, write) = pipe()?;
+    File::from(write).write_all(token.as_bytes())?;
+    Ok(read)
+}
+
 /// Have the helper `command` starts keep the fds `inherited` across exec, join the cgroups
 /// whose `cgroup.procs` files are open as `cgroup_fds`, and leave the daemon's session.
 ///
@@ -294,14 +313,14 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// `command` has been spawned for the last time (or dropped): the child acts on those fd
 /// numbers, and a number closed and reused meanwhile would be some other file.
 #[allow(unsafe_code)]
-unsafe fn pre_exec(command: &mut Command, inherited: [i32; 2], cgroup_fds: Vec<i32>) {
+unsafe fn pre_exec(command: &mut Command, inherited: Vec<i32>, cgroup_fds: Vec<i32>) {
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
     // calls are allowed. It only makes system calls (fcntl, write, setsid) on fds and data
     // captured before the fork, allocates nothing, takes no lock, and reports errors through
     // errno. The fds are the caller's to keep open until the spawn (see above).
     unsafe {
         command.pre_exec(move || {
-            for fd in inherited {
+            for &fd in &inherited {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -25,11 +25,26 @@ pub struct InitSpec {
     pub envd_args: Vec<String>,
     /// envd's environment.
     pub envd_env: Vec<(String, String)>,
+    /// The token envd demands of every request. Never serialized: [`crate::sandbox::spawn::launch`]
+    /// hands it over in a pipe that envd inherits and reads (`--access-token-fd`), so it
+    /// appears on no command line and in no environment.
+    #[serde(skip)]
+    pub envd_access_token: Option<EnvdAccessToken>,
     /// Set `no_new_privs` on PID 1 (and so on every process of the sandbox): setuid binaries
     /// such as `sudo` then gain nothing. A template option; off for `base`, whose users expect
     /// `sudo` to work.
     #[serde(default)]
     pub no_new_privs: bool,
+}
+
+/// envd's access token; its `Debug` hides it, so that a logged spec shows no secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvdAccessToken(pub String);
+
+impl std::fmt::Debug for EnvdAccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnvdAccessToken(..)")
+    }
 }
 
 /// A host directory (usually an idmapped view, see [`crate::idmap`]) mounted inside a sandbox.
@@ -53,4 +68,7 @@ impl InitSpec {
     pub const ENV_STATUS_FD: &'static str = "FIRKIN_INIT_STATUS_FD";
     /// Environment variable carrying the go pipe's fd (driver → helper).
     pub const ENV_GO_FD: &'static str = "FIRKIN_INIT_GO_FD";
+    /// Environment variable carrying the fd of the pipe holding envd's access token (driver →
+    /// envd, through the helper, which only passes the fd on as `--access-token-fd`).
+    pub const ENV_TOKEN_FD: &'static str = "FIRKIN_INIT_TOKEN_FD";
 }

@@ -82,11 +82,25 @@ impl DurableStateStore {
     /// bad database is never modified.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref();
-        std::fs::create_dir_all(root).map_err(|error| {
+        private_dir(root).map_err(|error| {
             Error::persistence(format!("create state directory {}", root.display()), error)
         })?;
         let lock = lock_root(root)?;
         let db_path = root.join(Self::DB_FILE);
+        // Tokens live in this file: 0600 from its first byte (SQLite then creates its -wal
+        // and -shm with the same mode). An existing file is only opened, not changed.
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&db_path)
+            .map_err(|error| {
+                Error::persistence(
+                    format!("create state database {}", db_path.display()),
+                    error,
+                )
+            })?;
         let connection = Connection::open(&db_path).map_err(|error| {
             Error::persistence(format!("open state database {}", db_path.display()), error)
         })?;
@@ -96,11 +110,21 @@ impl DurableStateStore {
             Some(lock),
             &db_path.display().to_string(),
         )?;
-        // Tokens live in this file: owner-only, as the seed's clear-text JSON was not. Done
-        // only once the file is known to be ours.
-        std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o600)).map_err(
-            |error| Error::persistence(format!("restrict {}", db_path.display()), error),
-        )?;
+        // A database from an older firkin may be more open (and its -wal with it). Done only
+        // once the file is known to be ours.
+        for suffix in ["", "-wal", "-shm"] {
+            let path = root.join(format!("{}{suffix}", Self::DB_FILE));
+            match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(Error::persistence(
+                        format!("restrict {}", path.display()),
+                        error,
+                    ));
+                }
+            }
+        }
         Ok(store)
     }
 
@@ -483,6 +507,22 @@ impl DurableStateStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Create `dir` (0700 when new) and take read and write away from group and others: it
+/// holds the tokens' database. Search is left as it is: the state directory of `firkin
+/// serve` is also the driver's, whose sandboxes must pass through it (see the driver).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode & 0o066 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & !0o066))?;
+    }
+    Ok(())
 }
 
 /// How long a held state lock is waited for before the directory counts as in use.

@@ -67,13 +67,34 @@ fn mutations_write_through_and_survive_a_reopen() {
 #[test]
 fn the_database_is_readable_by_its_owner_only() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let _state = StateStore::open(dir.path()).unwrap();
-    let mode = std::fs::metadata(dir.path().join("state.db"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o077, 0, "tokens are stored here: mode {mode:o}");
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode();
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("state");
+    {
+        let state = StateStore::open(&dir).unwrap();
+        state
+            .insert_active(record("a", SandboxState::Running, 10))
+            .unwrap();
+        // While the store is open (its -wal exists), with the umask every process has.
+        for name in ["state.db", "state.db-wal", "state.db-shm"] {
+            let path = dir.join(name);
+            if path.exists() {
+                let mode = mode(&path);
+                assert_eq!(mode & 0o077, 0, "{name}: mode {mode:o}");
+            }
+        }
+        assert!(dir.join("state.db-wal").exists(), "no -wal file to check");
+        let dir_mode = mode(&dir);
+        assert_eq!(dir_mode & 0o066, 0, "state directory: mode {dir_mode:o}");
+    }
+    // A state from an older firkin, left readable: restricted at the next open.
+    std::fs::set_permissions(dir.join("state.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = StateStore::open(&dir).unwrap();
+    assert_eq!(state.load_active().len(), 1);
+    let db_mode = mode(&dir.join("state.db"));
+    assert_eq!(db_mode & 0o077, 0, "state.db: mode {db_mode:o}");
+    assert_eq!(mode(&dir) & 0o066, 0);
 }
 
 #[test]
