@@ -433,17 +433,9 @@ fn unescape_octal(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn find_in_path(binary: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(binary))
-        .find(|p| p.is_file())
-}
-
 fn nft_check(root: bool) -> Check {
     let needed = "network egress rules (blocking the host, other sandboxes, metadata; allow_internet_access=false)";
-    let Some(nft) = find_in_path("nft") else {
+    let Some(nft) = crate::sys::find_in_path("nft") else {
         return Check::new(
             "nftables",
             false,
