@@ -1,7 +1,7 @@
 //! `firkin.toml`: the lowest layer of the daemon's settings. A key set here is used unless the
 //! same setting comes from a `FIRKIN_*` environment variable or a flag (file < environment <
 //! flag). Keys are the flags' names: `listen`, `state-dir`, `api-key`, `domain`, `envd-bin`,
-//! `tls-listen`, `warm-pool`, `slot-range`. An unknown key is an error, so a typo never goes unnoticed.
+//! `tls-listen`, `warm-pool`, `slot-range`, `disk-size-mb`. An unknown key is an error, so a typo never goes unnoticed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ pub(crate) struct FileConfig {
     pub(crate) warm_pool: Option<usize>,
     #[serde(default, deserialize_with = "slot_range")]
     pub(crate) slot_range: Option<firkin_linux::net::Ipv4Net>,
+    pub(crate) disk_size_mb: Option<u64>,
 }
 
 /// `slot-range = "10.200.0.0/16"`, checked as the flag is.
@@ -83,10 +84,11 @@ mod tests {
     #[test]
     fn the_file_takes_the_flags_names_and_refuses_unknown_keys() {
         let file = parse(
-            "listen = \"0.0.0.0:49980\"\nstate-dir = \"/srv/firkin\"\ndomain = \"sbx.localhost\"\nwarm-pool = 0\nslot-range = \"10.77.0.0/20\"\n",
+            "listen = \"0.0.0.0:49980\"\nstate-dir = \"/srv/firkin\"\ndomain = \"sbx.localhost\"\nwarm-pool = 0\nslot-range = \"10.77.0.0/20\"\ndisk-size-mb = 2048\n",
         )
         .unwrap();
         assert_eq!(file.warm_pool, Some(0));
+        assert_eq!(file.disk_size_mb, Some(2048));
         assert_eq!(
             file.slot_range.map(|r| r.to_string()).as_deref(),
             Some("10.77.0.0/20")

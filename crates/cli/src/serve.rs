@@ -40,6 +40,12 @@ pub(crate) struct ServeArgs {
     /// on one host need ranges that do not overlap. Default: 10.200.0.0/16.
     #[arg(long, env = "FIRKIN_SLOT_RANGE")]
     slot_range: Option<firkin_linux::net::Ipv4Net>,
+    /// The disk each sandbox gets, MiB: writes past it fail with "No space left on device"
+    /// inside the sandbox, and E2B's `diskSizeMB` reports it. A sparse image per sandbox, so
+    /// the host gives only what is written. 0: no limit (sandboxes share the state file
+    /// system). Default: 10240 (10 GiB).
+    #[arg(long, env = "FIRKIN_DISK_SIZE_MB", default_value_t = firkin_linux::driver::DEFAULT_DISK_SIZE_MB)]
+    disk_size_mb: u64,
 }
 
 impl ServeArgs {
@@ -70,6 +76,9 @@ impl ServeArgs {
         }
         if unset("slot_range") {
             self.slot_range = file.slot_range.or(self.slot_range.take());
+        }
+        if let Some(disk_size_mb) = file.disk_size_mb.filter(|_| unset("disk_size_mb")) {
+            self.disk_size_mb = disk_size_mb;
         }
     }
 }
@@ -105,6 +114,7 @@ async fn serve(
     let helper = std::env::current_exe().context("find this executable")?;
     let mut driver_config = NamespaceConfig::new(state_dir, envd, helper);
     driver_config.warm_pool = args.warm_pool;
+    driver_config.disk_size_mb = args.disk_size_mb;
     if let Some(range) = args.slot_range {
         driver_config.net.range = range;
     }
@@ -129,6 +139,7 @@ async fn serve(
     let mut config = E2bConfig::new(&api_key);
     config.domain = args.domain.clone();
     config.envd_version = firkin_envd::ENVD_VERSION.to_owned();
+    config.disk_size_mb = (args.disk_size_mb > 0).then_some(args.disk_size_mb);
     let tls = match args.tls_listen {
         Some(tls_address) => {
             let ca = firkin_e2b::tls::LocalCa::ensure(&state_dir.join("tls"), &args.domain)

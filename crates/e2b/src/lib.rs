@@ -39,6 +39,9 @@ pub struct E2bConfig {
     pub advertise_domain: bool,
     /// The envd version sandboxes report (the SDK gates features on it).
     pub envd_version: String,
+    /// The disk each sandbox gets, MiB, reported as `diskSizeMB` and in the metrics'
+    /// `disk_total`; `None` (no limit): the free space of the state file system instead.
+    pub disk_size_mb: Option<u64>,
 }
 
 impl E2bConfig {
@@ -50,6 +53,7 @@ impl E2bConfig {
             domain: "e2b.localhost".to_owned(),
             advertise_domain: false,
             envd_version: "0.6.4".to_owned(),
+            disk_size_mb: None,
         }
     }
 }

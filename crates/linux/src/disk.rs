@@ -286,3 +286,79 @@ pub fn mechanism() -> Mechanism {
         (Err(missing), _) | (_, Err(missing)) => missing,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_below_the_minimum_are_refused_and_zero_is_no_limit() {
+        let state = tempfile::tempdir().unwrap();
+        let error = Disks::new(state.path(), MIN_SIZE_MB - 1).unwrap_err();
+        assert!(matches!(error, DiskError::TooSmall(_)), "{error}");
+        assert!(error.to_string().contains("0 for no limit"), "{error}");
+        assert!(
+            !state.path().join("disks").exists(),
+            "a refused size made something"
+        );
+
+        let disks = Disks::new(state.path(), 0).unwrap();
+        assert_eq!(disks.size_bytes(), None);
+        let dir = state.path().join("sandboxes/a");
+        disks.attach(&dir).unwrap();
+        assert!(dir.is_dir());
+        disks.detach(&dir).unwrap();
+        assert!(dir.is_dir(), "detach removes only the disk");
+    }
+
+    /// Whether `dir` is a mount point (its device differs from its parent's).
+    fn is_mount_point(dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let dev = |path: &Path| std::fs::metadata(path).map(|meta| meta.dev()).ok();
+        dev(dir) != dev(dir.parent().unwrap())
+    }
+
+    #[test]
+    fn a_disk_holds_its_size_and_goes_without_a_trace() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP a_disk_holds_its_size_and_goes_without_a_trace: needs root");
+            return;
+        }
+        if let Mechanism::Unavailable(reason) = mechanism() {
+            eprintln!("SKIP a_disk_holds_its_size_and_goes_without_a_trace: {reason}");
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let disks = Disks::new(state.path(), 32).unwrap();
+        assert_eq!(disks.size_bytes(), Some(32 << 20));
+        let dir = state.path().join("sandboxes/a");
+        disks.attach(&dir).unwrap();
+        assert!(is_mount_point(&dir));
+        let image = state.path().join("disks/a.img");
+        assert_eq!(std::fs::metadata(&image).unwrap().len(), 32 << 20);
+
+        let stat = rustix::fs::statvfs(&dir).unwrap();
+        let total = stat.f_blocks * stat.f_frsize;
+        assert!(
+            ((24 << 20)..=(32 << 20)).contains(&total),
+            "statfs shows {total} bytes"
+        );
+        let mut file = std::fs::File::create(dir.join("fill")).unwrap();
+        let chunk = vec![7_u8; 1 << 20];
+        let error = (0..64)
+            .find_map(|_| std::io::Write::write_all(&mut file, &chunk).err())
+            .expect("64 MiB fit on a 32 MiB disk");
+        assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}");
+        drop(file);
+
+        disks.detach(&dir).unwrap();
+        assert!(!is_mount_point(&dir), "still mounted");
+        assert!(!image.exists(), "image left behind");
+        assert!(!dir.join("fill").exists());
+        // Detaching twice is fine; an orphaned image goes with the reclaim.
+        disks.detach(&dir).unwrap();
+        std::fs::write(state.path().join("disks/b.img"), b"").unwrap();
+        disks.remove_orphans(&[dir.clone()]).unwrap();
+        assert!(!state.path().join("disks/b.img").exists());
+    }
+}
