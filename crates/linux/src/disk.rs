@@ -23,7 +23,8 @@
 //!
 //! `mount -o loop` sets the loop device to clear itself when its file system goes: unmounting
 //! the sandbox directory after its processes are gone (their mount namespace held it too)
-//! frees the device, and the image file is then removed. A daemon that dies leaves the mounts
+//! frees the device, and the image file is then removed; the driver does this off the
+//! delete's path, with the directory's removal. A daemon that dies leaves the mounts
 //! of live sandboxes in place for the next one to re-adopt; after a reboot they are gone and
 //! the dead sandboxes' images are removed with the rest of them.
 //!
@@ -358,7 +359,7 @@ mod tests {
         // Detaching twice is fine; an orphaned image goes with the reclaim.
         disks.detach(&dir).unwrap();
         std::fs::write(state.path().join("disks/b.img"), b"").unwrap();
-        disks.remove_orphans(&[dir.clone()]).unwrap();
+        disks.remove_orphans(std::slice::from_ref(&dir)).unwrap();
         assert!(!state.path().join("disks/b.img").exists());
     }
 }

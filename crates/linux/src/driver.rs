@@ -270,7 +270,7 @@ impl Core {
         for sub in ["upper/etc", "work", "root"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
-        for (upper, work) in self.layers(&dir).iter().filter_map(|l| l.overlay.as_ref()) {
+        for (upper, work) in self.layers(dir).iter().filter_map(|l| l.overlay.as_ref()) {
             for path in [upper, work] {
                 std::fs::create_dir_all(path)?;
                 std::os::unix::fs::lchown(path, Some(shift), Some(shift))?;
@@ -490,8 +490,8 @@ impl Core {
         Ok(warm)
     }
 
-    /// Kills the sandbox (its cgroup), releases its slot, and removes its directory in the
-    /// background (see [`Core::remove_dir_in_background`]).
+    /// Kills the sandbox (its cgroup), releases its slot, and frees its disk and removes its
+    /// directory in the background (see [`Core::remove_dir_in_background`]).
     pub(crate) async fn teardown(&self, handle: &Handle) -> Result<()> {
         let cgroup = handle.cgroup.clone();
         tokio::task::spawn_blocking(move || match SandboxCgroup::open(cgroup) {
@@ -506,40 +506,36 @@ impl Core {
             .release(handle.slot.clone())
             .await
             .map_err(launch_failed)?;
-        self.remove_dir_in_background(&handle.dir)
+        self.remove_dir_in_background(&handle.dir);
+        Ok(())
     }
 
-    /// Unmounts a dead sandbox's disk and removes its image, renames its directory out of
-    /// the way (`.removing-<name>`) and removes it on a blocking thread: removing the layers
-    /// of even an idle sandbox took ~3 ms, a third of a delete. A daemon that dies first
-    /// leaves it to the next one's reclaim, as any directory no sandbox owns.
-    fn remove_dir_in_background(&self, dir: &Path) -> Result<()> {
-        self.disks.detach(dir).map_err(launch_failed)?;
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-        let doomed = dir.with_file_name(format!(".removing-{}", name.unwrap_or_default()));
-        match std::fs::rename(dir, &doomed) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => {
-                return Err(launch_failed(format!(
-                    "move {} out of the way: {error}",
-                    dir.display()
-                )));
-            }
+    /// Unmounts a dead sandbox's disk, removes its image and its directory, on a blocking
+    /// thread: the unmount syncs and frees the disk (~25 ms of a 10 GiB image, unloaded),
+    /// removing the image file ~20 ms more, and removing the layers of even an idle sandbox
+    /// without a disk took ~3 ms, a third of a delete. The directory keeps its name meanwhile
+    /// (a mount point cannot be renamed; ids are not reused). A daemon that dies first leaves
+    /// it to the next one's reclaim, as any directory no sandbox owns.
+    fn remove_dir_in_background(&self, dir: &Path) {
+        if !dir.exists() {
+            return;
         }
+        let (disks, dir) = (self.disks.clone(), dir.to_owned());
         let removals = Arc::clone(&self.removals);
         removals.fetch_add(1, Ordering::SeqCst);
         tokio::task::spawn_blocking(move || {
-            match std::fs::remove_dir_all(&doomed) {
+            if let Err(error) = disks.detach(&dir) {
+                tracing::warn!(%error, dir = %dir.display(), "freeing a deleted sandbox's disk failed");
+            }
+            match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(error) => {
-                    tracing::warn!(%error, dir = %doomed.display(), "removing a deleted sandbox's directory failed");
+                    tracing::warn!(%error, dir = %dir.display(), "removing a deleted sandbox's directory failed");
                 }
             }
             removals.fetch_sub(1, Ordering::SeqCst);
         });
-        Ok(())
     }
 
     /// Waits until every background directory removal has finished.

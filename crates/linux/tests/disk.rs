@@ -151,4 +151,49 @@ mod tests {
         // Nothing is left: mounts, images, loop devices (see `assert_nothing_left`).
         harness.assert_nothing_left(&ids, &pids).await;
     }
+
+    /// After a reboot the images are still there, their mounts and sandboxes gone: the next
+    /// daemon finds the sandbox dead and removes its image with the rest of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_sandboxs_disk_goes_after_a_reboot() {
+        let Some(mut harness) = common::harness(
+            "disk reboot test",
+            "10.214.0.0/16",
+            env!("CARGO_BIN_EXE_firkin-sandbox-init"),
+        ) else {
+            return;
+        };
+        harness.config.disk_size_mb = DISK_MB;
+        harness.config.warm_pool = 0;
+        let backend = harness.backend().await;
+        let sandbox = backend
+            .create(SingleNodeCreateRequest::new(
+                "base",
+                SandboxResources::from_mib(1, 128),
+            ))
+            .await
+            .unwrap();
+        let id = sandbox.sandbox_id().to_owned();
+        let pid = common::host_pid1(&sandbox);
+        // The daemon goes without a word (its slots stay, as after a SIGKILL).
+        drop(backend);
+        // The "reboot": the sandbox's processes and its disk's mount are gone.
+        let layout = firkin_linux::cgroup::CgroupLayout::detect().unwrap();
+        firkin_linux::cgroup::SandboxCgroup::reclaim(&layout, &id).unwrap();
+        let dir = harness.state.path().join("sandboxes").join(&id);
+        rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::DETACH).unwrap();
+        let image = harness.state.path().join("disks").join(format!("{id}.img"));
+        assert!(
+            image.exists(),
+            "the image of {id} is not at {}",
+            image.display()
+        );
+
+        let backend = harness.backend().await;
+        let report = backend.startup_reconciliation();
+        assert!(report.adopted.is_empty(), "{report:?}");
+        backend.shutdown().await.unwrap();
+        drop(backend);
+        harness.assert_nothing_left(&[id], &[pid]).await;
+    }
 }
