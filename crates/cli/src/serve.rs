@@ -90,6 +90,10 @@ pub(crate) fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let envd = envd_binary(args.envd_bin.clone())?;
+    // Refused before the state directory is made: a bad setting changes nothing.
+    if (1..firkin_linux::disk::MIN_SIZE_MB).contains(&args.disk_size_mb) {
+        bail!(firkin_linux::disk::DiskError::TooSmall(args.disk_size_mb));
+    }
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("create the state directory {}", state_dir.display()))?;
     let api_key = match args.api_key.clone() {

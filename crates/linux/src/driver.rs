@@ -170,9 +170,10 @@ impl NamespaceDriver {
     ///
     /// When the template, cgroups or network cannot be set up.
     pub async fn new(config: NamespaceConfig, surviving: &[RuntimeHandle]) -> Result<Self> {
-        searchable_by_sandboxes(&config.state_dir)?;
+        // The disk size first: a bad one changes nothing.
         let disks = Disks::new(&config.state_dir, config.disk_size_mb)
             .map_err(|error| Error::InvalidRequest(error.to_string()))?;
+        searchable_by_sandboxes(&config.state_dir)?;
         let host = HostFacts::read().map_err(launch_failed)?;
         let template = BaseTemplate::build(
             &config.state_dir.join("templates/base"),
