@@ -2,8 +2,8 @@
 //! same setting comes from a `FIRKIN_*` environment variable or a flag (file < environment <
 //! flag). Keys are the flags' names: `listen`, `state-dir`, `api-key-file`, `domain`, `envd-bin`,
 //! `tls-listen`, `warm-pool`, `slot-range`, `max-connections`, `egress-allow-private` (a list
-//! of CIDRs); and `api-key`, the key itself (there is no such flag: see [`crate::api_key`]). An
-//! unknown key is an error, so a typo never goes unnoticed.
+//! of CIDRs), `disk-size-mb`; and `api-key`, the key itself (there is no such flag: see
+//! [`crate::api_key`]). An unknown key is an error, so a typo never goes unnoticed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +30,7 @@ pub(crate) struct FileConfig {
     pub(crate) max_connections: Option<usize>,
     #[serde(default, deserialize_with = "private_ranges")]
     pub(crate) egress_allow_private: Option<Vec<firkin_linux::net::Ipv4Net>>,
+    pub(crate) disk_size_mb: Option<u64>,
 }
 
 /// `max-connections = 4096`, at least 1 as the flag.
@@ -115,10 +116,11 @@ mod tests {
     #[test]
     fn the_file_takes_the_flags_names_and_refuses_unknown_keys() {
         let file = parse(
-            "listen = \"0.0.0.0:49980\"\nstate-dir = \"/srv/firkin\"\ndomain = \"sbx.localhost\"\nwarm-pool = 0\nslot-range = \"10.77.0.0/20\"\n",
+            "listen = \"0.0.0.0:49980\"\nstate-dir = \"/srv/firkin\"\ndomain = \"sbx.localhost\"\nwarm-pool = 0\nslot-range = \"10.77.0.0/20\"\ndisk-size-mb = 2048\n",
         )
         .unwrap();
         assert_eq!(file.warm_pool, Some(0));
+        assert_eq!(file.disk_size_mb, Some(2048));
         assert_eq!(
             file.slot_range.map(|r| r.to_string()).as_deref(),
             Some("10.77.0.0/20")

@@ -65,6 +65,12 @@ pub(crate) struct ServeArgs {
         value_parser = parse_private_range
     )]
     egress_allow_private: Vec<firkin_linux::net::Ipv4Net>,
+    /// The disk each sandbox gets, MiB: writes past it fail with "No space left on device"
+    /// inside the sandbox, and E2B's `diskSizeMB` reports it. A sparse image per sandbox, so
+    /// the host gives only what is written. 0: no limit (sandboxes share the state file
+    /// system). Default: 10240 (10 GiB).
+    #[arg(long, env = "FIRKIN_DISK_SIZE_MB", default_value_t = firkin_linux::driver::DEFAULT_DISK_SIZE_MB)]
+    disk_size_mb: u64,
 }
 
 /// A count of 1 or more.
@@ -120,6 +126,9 @@ impl ServeArgs {
         {
             self.egress_allow_private = ranges;
         }
+        if let Some(disk_size_mb) = file.disk_size_mb.filter(|_| unset("disk_size_mb")) {
+            self.disk_size_mb = disk_size_mb;
+        }
     }
 }
 
@@ -137,6 +146,10 @@ pub(crate) fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let envd = envd_binary(args.envd_bin.clone())?;
+    // Refused before the state directory is made: a bad setting changes nothing.
+    if (1..firkin_linux::disk::MIN_SIZE_MB).contains(&args.disk_size_mb) {
+        bail!(firkin_linux::disk::DiskError::TooSmall(args.disk_size_mb));
+    }
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("create the state directory {}", state_dir.display()))?;
     let api_key = crate::api_key::resolve(
@@ -171,6 +184,7 @@ async fn serve(
     let helper = std::env::current_exe().context("find this executable")?;
     let mut driver_config = NamespaceConfig::new(state_dir, envd, helper);
     driver_config.warm_pool = args.warm_pool;
+    driver_config.disk_size_mb = args.disk_size_mb;
     if let Some(range) = args.slot_range {
         driver_config.net.range = range;
     }
@@ -197,6 +211,7 @@ async fn serve(
     config.domain = args.domain.clone();
     config.envd_version = firkin_envd::ENVD_VERSION.to_owned();
     config.connections.max_connections = args.max_connections;
+    config.disk_size_mb = (args.disk_size_mb > 0).then_some(args.disk_size_mb);
     let tls = match args.tls_listen {
         Some(tls_address) => {
             let ca = firkin_e2b::tls::LocalCa::ensure(&state_dir.join("tls"), &args.domain)

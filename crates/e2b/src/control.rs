@@ -128,10 +128,14 @@ fn domain(state: &AppState) -> Option<String> {
         .then(|| state.config.domain.clone())
 }
 
+/// A sandbox's disk, MiB: the configured limit, or with none what it could fill, the state
+/// file system's free space.
 fn disk_size_mb(state: &AppState) -> u64 {
-    StatvfsDiskProbe
-        .measure(state.backend.config().root())
-        .map_or(0, |space| space.available_bytes >> 20)
+    state.config.disk_size_mb.unwrap_or_else(|| {
+        StatvfsDiskProbe
+            .measure(state.backend.config().root())
+            .map_or(0, |space| space.available_bytes >> 20)
+    })
 }
 
 /// Turns sessions into their E2B detail; the disk is measured once per request, not once
@@ -283,7 +287,10 @@ async fn metrics(State(state): Shared, Path(id): Path<String>) -> ApiResult<Resp
         mem_total: session.resources().memory_bytes,
         mem_cache: usage.memory_cache_bytes,
         disk_used: usage.disk_used_bytes,
-        disk_total: usage.disk_used_bytes + (disk_size_mb(&state) << 20),
+        disk_total: match state.config.disk_size_mb {
+            Some(size_mb) => size_mb << 20,
+            None => usage.disk_used_bytes + (disk_size_mb(&state) << 20),
+        },
     };
     Ok(axum::Json(vec![metric]).into_response())
 }

@@ -48,6 +48,9 @@ pub struct E2bConfig {
     pub envd_version: String,
     /// Connection cap and timeouts of every listener ([`listener`]).
     pub connections: listener::ConnectionLimits,
+    /// The disk each sandbox gets, MiB, reported as `diskSizeMB` and in the metrics'
+    /// `disk_total`; `None` (no limit): the free space of the state file system instead.
+    pub disk_size_mb: Option<u64>,
 }
 
 impl E2bConfig {
@@ -61,6 +64,7 @@ impl E2bConfig {
             advertise_domain: false,
             envd_version: "0.6.4".to_owned(),
             connections: listener::ConnectionLimits::default(),
+            disk_size_mb: None,
         }
     }
 }

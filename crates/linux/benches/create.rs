@@ -26,7 +26,8 @@
 //! `FIRKIN_BENCH_SAMPLES` (default 200) after 5 untimed warm-up rounds. envd is
 //! `FIRKIN_ENVD_BIN`, else the static binary `scripts/build-envd` builds (and prints). The
 //! init helper is this crate's `firkin-sandbox-init`, built by cargo with the bench.
-//! `FIRKIN_BENCH_NO_RUNC=1` leaves the baseline out. `cargo test --benches` runs it as a
+//! `FIRKIN_BENCH_NO_RUNC=1` leaves the baseline out. `FIRKIN_BENCH_DISK_SIZE_MB` sets the
+//! sandboxes' disk (default the driver's, 10 GiB; 0: no disk of their own, as before disks). `cargo test --benches` runs it as a
 //! quick smoke run (3 samples, 3 idle sandboxes).
 //!
 //! Isolation from other firkin users of the host: the bench moves itself into a cgroup of its
@@ -147,6 +148,17 @@ async fn run(settings: Settings) -> BenchResult {
     warm_config.net.range = WARM_RANGE.parse()?;
     warm_config.net.pool_size = 4;
     warm_config.warm_pool = WARM_POOL;
+    if let Some(size_mb) = std::env::var("FIRKIN_BENCH_DISK_SIZE_MB")
+        .ok()
+        .and_then(|size| size.parse().ok())
+    {
+        config.disk_size_mb = size_mb;
+        warm_config.disk_size_mb = size_mb;
+    }
+    println!(
+        "sandbox disks: {} MiB (0: none; FIRKIN_BENCH_DISK_SIZE_MB)",
+        config.disk_size_mb
+    );
     let runc = if std::env::var_os("FIRKIN_BENCH_NO_RUNC").is_some() {
         println!("SKIP runc baseline: FIRKIN_BENCH_NO_RUNC is set");
         None

@@ -1,6 +1,7 @@
 //! `firkin doctor`: which kernel features this host has, and what needs them.
 //!
-//! Every probe only reads (`/proc`, `/sys`, `/dev/kvm` opened and closed, `nft list tables`):
+//! Every probe only reads (`/proc`, `/sys`, `/dev/kvm` opened and closed, `nft list tables`,
+//! tools looked up in `PATH`):
 //! running the doctor changes nothing on the host. It does not depend on the cgroup module: it
 //! reads `/proc/self/mountinfo` and `/proc/cgroups` itself.
 
@@ -60,6 +61,7 @@ pub const CHECK_NAMES: &[&str] = &[
     "cgroup controller: pids",
     "cgroup controller: freezer",
     "nftables",
+    "sandbox disks",
     "/dev/kvm",
 ];
 
@@ -118,6 +120,7 @@ impl DoctorReport {
         cgroups.v2_freeze = kernel_version(&release).is_some_and(|v| v >= (5, 2));
         checks.extend(cgroups.checks());
         checks.push(nft_check(root));
+        checks.push(disk_check());
         checks.push(kvm_check());
         Self { checks }
     }
@@ -433,17 +436,9 @@ fn unescape_octal(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn find_in_path(binary: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(binary))
-        .find(|p| p.is_file())
-}
-
 fn nft_check(root: bool) -> Check {
     let needed = "network egress rules (blocking the host, other sandboxes, metadata; allow_internet_access=false)";
-    let Some(nft) = find_in_path("nft") else {
+    let Some(nft) = crate::sys::find_in_path("nft") else {
         return Check::new(
             "nftables",
             false,
@@ -495,6 +490,26 @@ fn nft_check(root: bool) -> Check {
         ),
         needed,
     )
+}
+
+/// Which mechanism bounds a sandbox's disk on this host (see [`crate::disk`]).
+fn disk_check() -> Check {
+    let needed = "a disk limit per sandbox (`--disk-size-mb`; 0 runs sandboxes without one)";
+    match crate::disk::mechanism() {
+        crate::disk::Mechanism::Image { mkfs, mount } => Check::new(
+            "sandbox disks",
+            true,
+            format!(
+                "a sparse ext4 image per sandbox, loop-mounted ({}, {}, /dev/loop-control)",
+                mkfs.display(),
+                mount.display()
+            ),
+            needed,
+        ),
+        crate::disk::Mechanism::Unavailable(reason) => {
+            Check::new("sandbox disks", false, reason, needed)
+        }
+    }
 }
 
 fn kvm_check() -> Check {
@@ -560,6 +575,25 @@ mod tests {
         let report = DoctorReport::run();
         let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, CHECK_NAMES);
+    }
+
+    #[test]
+    fn names_the_disk_mechanism_this_host_gets() {
+        let report = DoctorReport::run();
+        let disks = report
+            .checks
+            .iter()
+            .find(|c| c.name == "sandbox disks")
+            .expect("no sandbox disks check");
+        let loop_devices = Path::new("/dev/loop-control").exists();
+        assert_eq!(
+            disks.ok,
+            loop_devices && disks.detail.contains("ext4 image"),
+            "{disks:?}"
+        );
+        if !loop_devices {
+            assert!(disks.detail.contains("no loop devices"), "{disks:?}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! own E2B concepts or HTTP: those belong to `firkin-e2b`.
 
 pub mod cgroup;
+pub mod disk;
 pub mod doctor;
 pub mod driver;
 pub mod envd_probe;

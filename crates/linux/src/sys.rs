@@ -232,3 +232,13 @@ pub fn unescape_mountinfo(field: &str) -> Vec<u8> {
     }
     out
 }
+
+/// `binary` in `PATH` or, where `PATH` lacks them (a daemon started with a user's `PATH`), in
+/// the usual system directories.
+pub(crate) fn find_in_path(binary: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(std::path::PathBuf::from))
+        .map(|dir| dir.join(binary))
+        .find(|p| p.is_file())
+}

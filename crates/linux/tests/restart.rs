@@ -126,6 +126,14 @@ mod tests {
         };
         assert_eq!(backend.get(running).unwrap().state(), SandboxState::Running);
         assert_eq!(sh(running, "echo still here").trim(), "still here");
+        // Its disk stayed mounted while no daemon ran: `/` is still its own disk.
+        let size = sh(running, "df -B1M --output=size / | tail -1");
+        assert!(
+            size.trim()
+                .parse::<u64>()
+                .is_ok_and(|mib| mib <= firkin_linux::driver::DEFAULT_DISK_SIZE_MB),
+            "df / in the re-adopted sandbox: {size:?}"
+        );
         assert_eq!(backend.get(paused).unwrap().state(), SandboxState::Paused);
         backend.resume(paused, None).await.unwrap();
         assert_eq!(sh(paused, "echo resumed").trim(), "resumed");

@@ -39,6 +39,8 @@ import uuid
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[4]
+# Each sandbox's disk (test_disk.py fills one): sparse, so it costs only what is written.
+DISK_SIZE_MB = 1024
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -209,6 +211,8 @@ def start_daemon(run_id: str) -> Daemon:
             str(envd),
             "--tls-listen",
             f"127.0.0.1:{tls_port}",
+            "--disk-size-mb",
+            str(DISK_SIZE_MB),
         ],
         stdout=subprocess.PIPE,
         stderr=log,

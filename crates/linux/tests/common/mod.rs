@@ -199,7 +199,8 @@ impl Harness {
     /// After the backend is shut down (which tears down the warm sandboxes) and dropped:
     /// nothing of the sandboxes named `ids`, with PID 1s `pids`, is left: processes, cgroups,
     /// directories (no sandbox directory at all), mounts under the state directory, network
-    /// slots (the pool's spare slots are reclaimed first, as the next daemon would).
+    /// slots (the pool's spare slots are reclaimed first, as the next daemon would), disk
+    /// images and their loop devices.
     pub async fn assert_nothing_left(&self, ids: &[String], pids: &[u32]) {
         for pid in pids {
             let alive = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
@@ -229,7 +230,47 @@ impl Harness {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&state)).collect();
         assert!(left.is_empty(), "mounts left behind: {left:#?}");
+        let images: Vec<_> = std::fs::read_dir(self.state.path().join("disks"))
+            .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            images.is_empty(),
+            "sandbox disk images left behind: {images:?}"
+        );
+        // A loop device clears itself once the last mount namespace holding its file system
+        // (a killed sandbox's) is gone, which may be a moment after the delete.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = loop_devices_under(self.state.path());
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "loop devices left attached: {left:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
+}
+
+/// The loop devices whose backing file is under `dir`.
+pub fn loop_devices_under(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    std::fs::read_dir("/sys/block")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| {
+                    let backing =
+                        std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
+                    backing
+                        .starts_with(&dir)
+                        .then(|| entry.file_name().to_string_lossy().into_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Drop for Harness {
