@@ -6,10 +6,9 @@ mod tests {
 
     #[test]
     fn a_disk_below_the_minimum_is_refused_and_changes_nothing() {
-        if !std::fs::metadata("/proc/self")
-            .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        {
-            eprintln!("SKIP a_disk_below_the_minimum_is_refused_and_changes_nothing: needs root");
+        if !firkin_test_support::root_or_skip(
+            "a_disk_below_the_minimum_is_refused_and_changes_nothing",
+        ) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

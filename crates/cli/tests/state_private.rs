@@ -190,8 +190,7 @@ mod tests {
     #[test]
     fn another_host_user_reads_nothing_of_the_state_before_and_after_a_crash() {
         if let Some(reason) = skip_reason() {
-            eprintln!("SKIP state privacy test: {reason}");
-            return;
+            return firkin_test_support::skip("state privacy test", &reason);
         }
         let state = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")

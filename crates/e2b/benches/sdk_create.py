@@ -12,6 +12,9 @@ Run (as root, after scripts/bench-runc-setup and a release build):
   cargo build --release -p firkin
   FIRKIN_BENCH_SAMPLES=200 target/sdk-venv/bin/python crates/e2b/benches/sdk_create.py
 
+With FIRKIN_BENCH_BASELINE=<another checkout, built the same way> a third daemon runs that
+checkout's firkin (default warm pool), interleaved too, to compare two commits in one run.
+
 Percentiles are nearest-rank over the samples; the first 5 of each kind are warm-up.
 """
 
@@ -64,9 +67,9 @@ def busybox_bundle(root: pathlib.Path) -> pathlib.Path:
     return bundle
 
 
-def start_daemon(state: pathlib.Path, extra: list[str]):
-    firkin = REPO / "target/release/firkin"
-    envd = REPO / "target/x86_64-unknown-linux-gnu/envd/firkin-envd"
+def start_daemon(state: pathlib.Path, extra: list[str], repo: pathlib.Path = REPO):
+    firkin = repo / "target/release/firkin"
+    envd = repo / "target/x86_64-unknown-linux-gnu/envd/firkin-envd"
     for binary in (firkin, envd):
         if not binary.is_file():
             sys.exit(f"{binary} missing: cargo build --release -p firkin; scripts/build-envd")
@@ -75,11 +78,13 @@ def start_daemon(state: pathlib.Path, extra: list[str]):
         port = s.getsockname()[1]
     process = subprocess.Popen(
         [str(firkin), "serve", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}",
-         "--envd-bin", str(envd), "--api-key", "bench", *extra],
+         "--envd-bin", str(envd), *extra],
+        # The key in the environment: never on a command line.
+        env={**os.environ, "FIRKIN_API_KEY": "bench"},
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     for line in process.stdout:
-        if line.startswith("export E2B_API_KEY="):
+        if "E2B_API_KEY" in line:  # the banner's last line: the daemon serves
             break
     url = f"http://127.0.0.1:{port}"
     return process, {"api_url": url, "sandbox_url": url, "api_key": "bench"}
@@ -96,6 +101,13 @@ def main():
     warm, warm_params = start_daemon(work / "state", [])
     # Its own state directory and slot range: a second slot pool instance beside the first.
     cold, cold_params = start_daemon(work / "state-cold", ["--warm-pool", "0", "--slot-range", "10.211.0.0/16"])
+    daemons = [warm, cold]
+    baseline_repo = os.environ.get("FIRKIN_BENCH_BASELINE")
+    if baseline_repo:
+        base, base_params = start_daemon(
+            work / "state-base", ["--slot-range", "10.212.0.0/16"], pathlib.Path(baseline_repo)
+        )
+        daemons.append(base)
     from e2b import Sandbox
 
     def create_run_kill(params):
@@ -109,11 +121,14 @@ def main():
         return created - started, killed - created
 
     create_run, kill, cold_create_run, cold_kill, runc = [], [], [], [], []
+    base_create_run, base_kill = [], []
     try:
         time.sleep(1)  # the warm pool fills
         for i in range(SAMPLES + WARMUP):
             made, killed = create_run_kill(warm_params)
             cold_made, cold_killed = create_run_kill(cold_params)
+            if baseline_repo:
+                base_made, base_killed = create_run_kill(base_params)
             started_runc = time.perf_counter()
             result = subprocess.run(
                 ["runc", "--root", str(work / "runc-state"), "run", "--bundle", str(bundle), f"bench-{i}"],
@@ -127,8 +142,11 @@ def main():
                 cold_create_run.append(cold_made)
                 cold_kill.append(cold_killed)
                 runc.append(finished_runc - started_runc)
+                if baseline_repo:
+                    base_create_run.append(base_made)
+                    base_kill.append(base_killed)
     finally:
-        for daemon in (warm, cold):
+        for daemon in daemons:
             daemon.terminate()
             daemon.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
@@ -138,6 +156,9 @@ def main():
     row("SDK sandbox.kill()", kill)
     row("same, --warm-pool 0: create + echo", cold_create_run)
     row("same, --warm-pool 0: kill", cold_kill)
+    if baseline_repo:
+        row("baseline checkout: create + echo", base_create_run)
+        row("baseline checkout: kill", base_kill)
     row("baseline: runc run busybox `echo hi`", runc)
     print(f"p50 ratio runc / firkin create+run: {percentile(runc, 50) / percentile(create_run, 50):.2f} warm, "
           f"{percentile(runc, 50) / percentile(cold_create_run, 50):.2f} without the warm pool")

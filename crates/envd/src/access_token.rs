@@ -37,16 +37,24 @@ pub enum AccessTokenError {
 
 /// Read the token from `fd` to its end (one trailing newline is dropped), then close `fd`
 /// (stdin, stdout or stderr is pointed at `/dev/null` instead, so that the number is not
-/// reused by the next file opened). Call once, early, before any thread or child exists:
-/// children must not inherit the descriptor.
+/// reused by the next file opened). Call early, before any thread or child exists: children
+/// must not inherit the descriptor.
 ///
 /// # Errors
 ///
 /// [`AccessTokenError`] when `fd` is not open or holds no printable token of at most
 /// 4096 bytes.
-pub fn read_from_fd(fd: RawFd) -> Result<String, AccessTokenError> {
+///
+/// # Safety
+///
+/// `fd` must be this process's to take: nothing else owns it or will close it (see
+/// [`crate::sys::take_inherited_fd`]); it is closed here.
+#[allow(unsafe_code)]
+pub unsafe fn read_from_fd(fd: RawFd) -> Result<String, AccessTokenError> {
     let read_error = |source| AccessTokenError::Read { fd, source };
-    let file = std::fs::File::from(crate::sys::take_inherited_fd(fd).map_err(read_error)?);
+    // SAFETY: the caller gives this function the number to own.
+    let owned = unsafe { crate::sys::take_inherited_fd(fd) }.map_err(read_error)?;
+    let file = std::fs::File::from(owned);
     let mut bytes = Vec::new();
     let read = file
         .take(MAX_LEN as u64 + 1)
@@ -118,12 +126,17 @@ mod tests {
         let fd = read.into_raw_fd();
         // Whether it was closed is not checked here: other tests' threads may reuse the
         // number at once (the sandbox tests check envd's /proc/<pid>/fd).
-        assert_eq!(read_from_fd(fd).unwrap(), "secret-token");
+        // SAFETY: `into_raw_fd` gave up the only owner of the number.
+        #[allow(unsafe_code)]
+        let token = unsafe { read_from_fd(fd) };
+        assert_eq!(token.unwrap(), "secret-token");
     }
 
     #[test]
     fn a_closed_descriptor_is_a_clear_error() {
-        let error = read_from_fd(1_000_000).unwrap_err();
+        // SAFETY: nothing owns that number (nothing has it open).
+        #[allow(unsafe_code)]
+        let error = unsafe { read_from_fd(1_000_000) }.unwrap_err();
         assert!(error.to_string().contains("fd 1000000"), "{error}");
     }
 }

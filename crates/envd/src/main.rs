@@ -63,7 +63,9 @@ fn main() -> anyhow::Result<()> {
     // the pipe, and a bad descriptor fails the start instead of serving without a token.
     let access_token = args
         .access_token_fd
-        .map(firkin_envd::access_token::read_from_fd)
+        // SAFETY: the number was handed to envd for this alone, and nothing has run yet that
+        // could have taken it.
+        .map(|fd| unsafe { firkin_envd::access_token::read_from_fd(fd) })
         .transpose()
         .context("--access-token-fd")?;
     // Before any thread exists: PID 1 forks off the server and stays behind as the reaper.

@@ -206,13 +206,18 @@ pub fn wait_for_signal() -> io::Result<i32> {
 }
 
 /// Take ownership of `fd`, a descriptor this process inherited for one purpose (the access
-/// token's pipe, `--access-token-fd`). Call it once, at startup, before anything else of this
-/// process could have opened (and so own) the same number.
+/// token's pipe, `--access-token-fd`).
 ///
 /// # Errors
 ///
 /// `InvalidInput` for a negative number; `EBADF` when `fd` is not open.
-pub fn take_inherited_fd(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
+///
+/// # Safety
+///
+/// Nothing else in this process may own `fd` or ever close it: call this once per inherited
+/// number, at startup, before anything else could have opened the same number (the returned
+/// owner closes it when dropped).
+pub unsafe fn take_inherited_fd(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::{BorrowedFd, FromRawFd as _, OwnedFd};
     if fd < 0 {
         return Err(io::Error::new(
@@ -223,7 +228,7 @@ pub fn take_inherited_fd(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: `fd` is non-negative and only borrowed for this one call; fcntl(F_GETFD) on a
     // closed number fails with EBADF, which is the check.
     rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(fd) })?;
-    // SAFETY: the number is open (checked above) and was handed to this process for the
-    // caller alone (see the function's contract): nothing else owns or will close it.
+    // SAFETY: the number is open (checked above) and the caller promises that nothing else
+    // owns or will close it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

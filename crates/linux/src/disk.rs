@@ -321,13 +321,12 @@ mod tests {
 
     #[test]
     fn a_disk_holds_its_size_and_goes_without_a_trace() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIP a_disk_holds_its_size_and_goes_without_a_trace: needs root");
+        const TEST: &str = "a_disk_holds_its_size_and_goes_without_a_trace";
+        if !firkin_test_support::root_or_skip(TEST) {
             return;
         }
         if let Mechanism::Unavailable(reason) = mechanism() {
-            eprintln!("SKIP a_disk_holds_its_size_and_goes_without_a_trace: {reason}");
-            return;
+            return firkin_test_support::skip(TEST, &reason);
         }
         let state = tempfile::tempdir().unwrap();
         let disks = Disks::new(state.path(), 32).unwrap();

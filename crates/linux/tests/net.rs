@@ -789,7 +789,7 @@ mod tests {
             .output()
             .is_ok_and(|o| o.status.success());
         if !ok {
-            eprintln!("SKIP {test}: no account `user` (scripts/setup makes it)");
+            firkin_test_support::skip(test, "no account `user` (scripts/setup makes it)");
         }
         ok
     }

@@ -526,8 +526,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let nobody = crate::as_user::tests::someone(65_534);
         if !crate::as_user::needs_switch(&nobody) {
-            eprintln!("SKIP watch-as-user test: needs root (there is no other identity)");
-            return;
+            return firkin_test_support::skip(
+                "watch-as-user test",
+                "needs root (there is no other identity)",
+            );
         }
         let dir = tempfile::tempdir().unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();

@@ -734,8 +734,10 @@ mod tests {
         let victim = dir.path().join("victim");
         std::fs::write(&victim, "not the upload").unwrap();
         if let Err(error) = crate::metadata::write(&victim, "probe", "1") {
-            eprintln!("SKIP metadata swap test: no user xattrs here ({error})");
-            return;
+            return firkin_test_support::skip(
+                "metadata swap test",
+                &format!("no user xattrs here ({error})"),
+            );
         }
         let target = dir.path().join("upload.txt");
         let upload = swapping_upload(victim.clone());
