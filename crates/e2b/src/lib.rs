@@ -23,6 +23,7 @@ pub mod error;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+mod signed_files;
 pub mod tls;
 
 use std::sync::Arc;

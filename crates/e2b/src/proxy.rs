@@ -21,16 +21,20 @@ use axum::extract::Request;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
-use firkin_envd::http::signature::{self, Operation};
-use firkin_single_node::{ListQuery, SandboxState};
+use firkin_single_node::SandboxState;
 use http_body_util::BodyExt as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::AppState;
-use crate::auth::{constant_time_eq, strip_daemon_credentials};
+use crate::auth::strip_daemon_credentials;
 use crate::error::{ApiError, port_not_open, sandbox_gone};
+use crate::signed_files::{Lookup, SignedFiles, SignedUrls};
+
+pub use crate::signed_files::{
+    SCAN_BURST as SIGNED_URL_SCAN_BURST, SCANS_PER_SECOND as SIGNED_URL_SCANS_PER_SECOND,
+};
 
 /// The port of envd inside every sandbox (the default of `E2b-Sandbox-Port`).
 pub const ENVD_PORT: u16 = 49983;
@@ -44,16 +48,13 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
 const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
 
-/// How many signed `/files` URLs the proxy remembers the sandbox of.
-const SIGNED_URLS_REMEMBERED: usize = 1024;
-
 /// The proxy's connection pool (keep-alive, per sandbox address), the sandboxes of signed URLs
 /// seen before, and its traffic counters.
 #[derive(Debug)]
 pub struct Proxy {
     client: Client<HttpConnector, Body>,
-    /// Signature → sandbox id, for signed URLs that named no sandbox and matched one.
-    signed_urls: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// The sandboxes of signed URLs that named none, and the budget to find them.
+    pub(crate) signed_urls: SignedUrls,
     counters: Arc<Counters>,
 }
 
@@ -62,7 +63,6 @@ struct Counters {
     requests: AtomicU64,
     bytes_to_sandboxes: AtomicU64,
     bytes_from_sandboxes: AtomicU64,
-    signature_checks: AtomicU64,
 }
 
 /// What the proxy has carried so far (body bytes, and bytes of upgraded connections).
@@ -97,7 +97,7 @@ impl Proxy {
             .build(connector);
         Self {
             client,
-            signed_urls: std::sync::Mutex::default(),
+            signed_urls: SignedUrls::default(),
             counters: Arc::default(),
         }
     }
@@ -109,7 +109,7 @@ impl Proxy {
             requests: self.counters.requests.load(Ordering::Relaxed),
             bytes_to_sandboxes: self.counters.bytes_to_sandboxes.load(Ordering::Relaxed),
             bytes_from_sandboxes: self.counters.bytes_from_sandboxes.load(Ordering::Relaxed),
-            signature_checks: self.counters.signature_checks.load(Ordering::Relaxed),
+            signature_checks: self.signed_urls.checks(),
         }
     }
 }
@@ -150,13 +150,21 @@ fn classify(state: &AppState, request: &Request<Body>) -> Destination {
         && request.uri().path() == "/files"
         && let Some(signed) = SignedFiles::from_request(request)
     {
-        return match signed.find_sandbox(state) {
-            Some(id) => Destination::Sandbox {
+        return match signed.find(state) {
+            Lookup::Sandbox(id) => Destination::Sandbox {
                 id,
                 port: ENVD_PORT,
             },
-            None => Destination::Refused(
+            Lookup::NoMatch => Destination::Refused(
                 ApiError::new(StatusCode::UNAUTHORIZED, "invalid signature").into_response(),
+            ),
+            Lookup::OverBudget => Destination::Refused(
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many signed /files URLs that name no sandbox; name it with the \
+                     E2b-Sandbox-Id header or the host <port>-<sandboxID>.<domain>",
+                )
+                .into_response(),
             ),
         };
     }
@@ -231,150 +239,6 @@ fn strip_port(host: &str) -> &str {
             &host[..colon]
         }
         _ => host,
-    }
-}
-
-/// The parts of a signed `/files` URL that its signature covers.
-struct SignedFiles {
-    signature: String,
-    path: String,
-    operation: Operation,
-    username: String,
-    /// `None` also when the parameter is present but not a number (nothing can match then).
-    expiration: Option<i64>,
-    expiration_garbled: bool,
-}
-
-impl SignedFiles {
-    fn from_request(request: &Request<Body>) -> Option<Self> {
-        let query = request.uri().query()?;
-        let mut signature = None;
-        let mut path = None;
-        let mut username = None;
-        let mut expiration = None;
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            let slot = match key.as_ref() {
-                "signature" => &mut signature,
-                "path" => &mut path,
-                "username" => &mut username,
-                "signature_expiration" => &mut expiration,
-                _ => continue,
-            };
-            if slot.is_none() {
-                *slot = Some(value.into_owned());
-            }
-        }
-        let parsed_expiration = expiration.as_deref().map(|text| text.parse::<i64>().ok());
-        Some(Self {
-            signature: signature?,
-            path: path.unwrap_or_default(),
-            operation: if request.method() == Method::POST {
-                Operation::Write
-            } else {
-                Operation::Read
-            },
-            username: username.unwrap_or_default(),
-            expiration: parsed_expiration.flatten(),
-            expiration_garbled: matches!(parsed_expiration, Some(None)),
-        })
-    }
-
-    /// The signature envd computes for these parts under `token` (envd's own function).
-    fn expected(&self, token: &str) -> String {
-        let username = (!self.username.is_empty()).then_some(self.username.as_str());
-        signature::sign(&self.path, self.operation, username, token, self.expiration)
-    }
-
-    /// Whether the signature has the shape envd's signatures have (`v1_` and 43 base64
-    /// characters): anything else fits no sandbox, and costs no hashing.
-    fn well_formed(&self) -> bool {
-        self.signature.len() == 46
-            && self.signature.starts_with("v1_")
-            && self.signature[3..]
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'+' || byte == b'/')
-    }
-
-    /// Whether the signature fits `sandbox`'s envd token.
-    fn fits(&self, state: &AppState, sandbox: &firkin_single_node::SandboxSession) -> bool {
-        let Some(token) = sandbox.record().envd_access_token.as_deref() else {
-            return false;
-        };
-        state
-            .proxy
-            .counters
-            .signature_checks
-            .fetch_add(1, Ordering::Relaxed);
-        constant_time_eq(self.expected(token).as_bytes(), self.signature.as_bytes())
-    }
-
-    /// The live (running or paused) sandbox whose envd token makes the signature fit.
-    ///
-    /// Such a URL names no sandbox (recipe A: `E2B_SANDBOX_URL/files?...`), so the first time
-    /// a signature is seen it is checked against each live sandbox (one SHA-256 each); a
-    /// signature that fitted is remembered, so fetching the same URL again costs one check.
-    fn find_sandbox(&self, state: &AppState) -> Option<String> {
-        if self.expiration_garbled || !self.well_formed() {
-            return None;
-        }
-        let remembered = state
-            .proxy
-            .signed_urls
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&self.signature)
-            .cloned();
-        if let Some(id) = remembered {
-            if let Ok(sandbox) = state.backend.get(&id)
-                && self.fits(state, &sandbox)
-            {
-                return Some(id);
-            }
-            // Gone: no other sandbox has its token, so nothing else fits either.
-            self.forget(state);
-            return None;
-        }
-        let id = self.scan(state)?;
-        let mut remembered = state
-            .proxy
-            .signed_urls
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if remembered.len() >= SIGNED_URLS_REMEMBERED {
-            remembered.clear();
-        }
-        remembered.insert(self.signature.clone(), id.clone());
-        Some(id)
-    }
-
-    fn forget(&self, state: &AppState) {
-        state
-            .proxy
-            .signed_urls
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.signature);
-    }
-
-    /// Check the signature against every live sandbox.
-    fn scan(&self, state: &AppState) -> Option<String> {
-        let mut query = ListQuery {
-            limit: Some(ListQuery::MAX_LIMIT),
-            ..ListQuery::default()
-        };
-        loop {
-            let page = match state.backend.list(&query) {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::warn!(%error, "listing sandboxes for a signed /files URL failed");
-                    return None;
-                }
-            };
-            if let Some(sandbox) = page.sandboxes.iter().find(|s| self.fits(state, s)) {
-                return Some(sandbox.sandbox_id().to_owned());
-            }
-            query.next_token = Some(page.next_token?);
-        }
     }
 }
 
@@ -677,33 +541,6 @@ mod tests {
         assert_eq!(strip_port("a.b:"), "a.b:");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
-    }
-
-    #[test]
-    fn signatures_match_envd() {
-        // envd's known vectors (crates/envd/src/http/signature.rs).
-        let signed = |path: &str, operation, username: &str, expiration| SignedFiles {
-            signature: String::new(),
-            path: path.to_owned(),
-            operation,
-            username: username.to_owned(),
-            expiration,
-            expiration_garbled: false,
-        };
-        assert_eq!(
-            signed("/home/user/hello.txt", Operation::Read, "", None).expected("secret-token"),
-            "v1_ytpZKKz2vQXRZ8+eS8xBbRr9LL4kcwA5EgzNAGo1cWU"
-        );
-        assert_eq!(
-            signed(
-                "docs/a b.txt",
-                Operation::Write,
-                "root",
-                Some(1_700_000_000)
-            )
-            .expected("secret-token"),
-            "v1_FiXsjaR3xPrm/n1M0Vd9KT7qGVzUwWqinvFtxq6ULNI"
-        );
     }
 
     #[test]

@@ -957,6 +957,71 @@ mod tests {
         assert_eq!(envd.hits(), 10);
     }
 
+    #[tokio::test]
+    async fn made_up_signatures_cost_a_bounded_number_of_scans() {
+        let h = Harness::start().await;
+        let envd = Upstream::start("envd").await;
+        let (_, token) = h.sandbox(envd.addr).await;
+        h.sandbox(envd.addr).await;
+        let live = 2;
+        let known = format!(
+            "/files?path=a.txt&signature={}",
+            encode(&sign("a.txt", "read", "", &token, None))
+        );
+        async fn fetch(h: &Harness, url: String) -> (StatusCode, String) {
+            h.fetch(h.request(Method::GET, &url).body(Body::empty()).unwrap())
+                .await
+        }
+        assert_eq!(fetch(&h, known.clone()).await.0, StatusCode::OK);
+
+        // A flood of well-formed signatures no sandbox made, each never seen before.
+        let flood = 2 * firkin_e2b::proxy::SIGNED_URL_SCAN_BURST as usize;
+        let before = h.state.proxy.stats().signature_checks;
+        let started = std::time::Instant::now();
+        let mut refused = 0;
+        for i in 0..flood {
+            let (status, text) = fetch(
+                &h,
+                format!(
+                    "/files?path=a.txt&signature={}",
+                    encode(&format!("v1_{i:043}"))
+                ),
+            )
+            .await;
+            match status {
+                StatusCode::UNAUTHORIZED => {}
+                StatusCode::TOO_MANY_REQUESTS => {
+                    assert_eq!(json(&text)["code"], 429, "{text}");
+                    refused += 1;
+                }
+                other => panic!("{other}: {text}"),
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let checks = h.state.proxy.stats().signature_checks - before;
+        // At most the burst plus the rate over the time taken, each scan one check per
+        // live sandbox (not one scan per request).
+        let scans_allowed = f64::from(firkin_e2b::proxy::SIGNED_URL_SCAN_BURST)
+            + f64::from(firkin_e2b::proxy::SIGNED_URL_SCANS_PER_SECOND) * elapsed
+            + 1.0;
+        #[allow(clippy::cast_precision_loss)]
+        let bound = scans_allowed * live as f64;
+        #[allow(clippy::cast_precision_loss)]
+        let spent = checks as f64;
+        assert!(
+            spent <= bound,
+            "{checks} checks in {elapsed:.2}s, bound {bound}"
+        );
+        #[allow(clippy::cast_precision_loss)]
+        let over = scans_allowed < flood as f64;
+        assert!(
+            refused > 0 || !over,
+            "none refused of {flood} in {elapsed:.2}s"
+        );
+        // A URL seen before still works: it spends no scan.
+        assert_eq!(fetch(&h, known).await.0, StatusCode::OK);
+    }
+
     fn encode(value: &str) -> String {
         form_urlencoded::byte_serialize(value.as_bytes()).collect()
     }
