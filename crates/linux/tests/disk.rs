@@ -65,17 +65,8 @@ mod tests {
         let backend = harness.backend().await;
         let mut sandboxes = Vec::new();
         for _ in 0..2 {
-            let sandbox = backend
-                .create(SingleNodeCreateRequest::new(
-                    "base",
-                    SandboxResources::from_mib(1, 256),
-                ))
-                .await
-                .unwrap();
-            let id = sandbox.sandbox_id().to_owned();
-            let envd = backend.ports().target(&id, 49983).unwrap();
-            let token = sandbox.record().envd_access_token.clone().unwrap();
-            sandboxes.push((id, envd, token, common::host_pid1(&sandbox)));
+            let made = common::create_base(&backend, 1, 256).await;
+            sandboxes.push((made.id, made.envd, made.token, made.pid1));
         }
         let sh = |envd, token: &str, script: &str| run_as(envd, token, None, script).0;
 

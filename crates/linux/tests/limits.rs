@@ -13,7 +13,6 @@ mod tests {
     use firkin_linux::sandbox::spawn::{
         ENVD_OOM_SCORE_ADJ, OomProtection, UNPROTECTED_CHILD_OOM_SCORE_ADJ, envd_oom_protection,
     };
-    use firkin_single_node::{SandboxResources, SingleNodeCreateRequest};
 
     const PIDS_MAX: u64 = 64;
 
@@ -81,17 +80,8 @@ except OSError as e:
         let backend = harness.backend().await;
         let mut sandboxes = Vec::new();
         for _ in 0..2 {
-            let sandbox = backend
-                .create(SingleNodeCreateRequest::new(
-                    "base",
-                    SandboxResources::from_mib(1, 64),
-                ))
-                .await
-                .unwrap();
-            let id = sandbox.sandbox_id().to_owned();
-            let envd = backend.ports().target(&id, 49983).unwrap();
-            let token = sandbox.record().envd_access_token.clone().unwrap();
-            sandboxes.push((id, envd, token, sandbox));
+            let made = common::create_base(&backend, 1, 64).await;
+            sandboxes.push((made.id, made.envd, made.token, made.session));
         }
         let (hog_id, hog, hog_token, _) = &sandboxes[0];
         let (_, neighbour, neighbour_token, _) = &sandboxes[1];

@@ -10,8 +10,6 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::SocketAddr;
 
-    use firkin_single_node::{SandboxResources, SingleNodeCreateRequest};
-
     /// envd's `/metrics`, straight from the sandbox (not through the daemon).
     fn metrics(address: SocketAddr, token: &str) -> serde_json::Value {
         let mut stream = std::net::TcpStream::connect(address).unwrap();
@@ -42,16 +40,13 @@ mod tests {
         let mut ids = Vec::new();
         let mut pids = Vec::new();
         for (cpus, mib) in [(1, 256), (2, 192)] {
-            let sandbox = backend
-                .create(SingleNodeCreateRequest::new(
-                    "base",
-                    SandboxResources::from_mib(cpus, mib),
-                ))
-                .await
-                .unwrap();
-            let id = sandbox.sandbox_id().to_owned();
-            let token = sandbox.record().envd_access_token.clone().unwrap();
-            let address = backend.ports().target(&id, 49983).unwrap();
+            let common::Created {
+                id,
+                envd: address,
+                token,
+                session: sandbox,
+                ..
+            } = common::create_base(&backend, cpus, mib).await;
             let host_cpus = std::thread::available_parallelism().unwrap().get() as u64;
             let reported = metrics(address, &token);
             assert_eq!(reported["mem_total"], mib << 20, "{reported}");

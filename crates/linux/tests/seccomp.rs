@@ -12,7 +12,7 @@ mod tests {
     use std::fmt::Write as _;
     use std::net::SocketAddr;
 
-    use firkin_single_node::{SandboxResources, SingleNodeBackend, SingleNodeCreateRequest};
+    use firkin_single_node::SingleNodeBackend;
 
     use super::common::{self, Harness, run_as};
 
@@ -32,14 +32,12 @@ mod tests {
             let harness = common::harness(test, range, env!("CARGO_BIN_EXE_firkin-sandbox-init"))?;
             let backend = harness.backend().await;
             // Enough memory for gcc, pip and Node.js.
-            let request = SingleNodeCreateRequest::new("base", SandboxResources::from_mib(1, 1024));
-            let session = backend.create(request).await.expect("create");
-            let id = session.sandbox_id().to_owned();
+            let made = common::create_base(&backend, 1, 1024).await;
             Some(Self {
-                envd: backend.ports().target(&id, 49983).unwrap(),
-                token: session.record().envd_access_token.clone().unwrap(),
-                pid1: common::host_pid1(&session),
-                id,
+                envd: made.envd,
+                token: made.token,
+                pid1: made.pid1,
+                id: made.id,
                 harness,
                 backend,
             })

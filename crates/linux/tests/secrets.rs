@@ -9,8 +9,6 @@ mod common;
 mod tests {
     use super::common::{self, run_as};
 
-    use firkin_single_node::{SandboxResources, SingleNodeCreateRequest};
-
     /// Everything of every process's `/proc` entry that `sh` inside can read and that could
     /// carry a secret: command lines, environments, and whatever its open descriptors yield
     /// without blocking (a pipe the token was left in would).
@@ -53,17 +51,13 @@ echo dumped-as-$(id -un)
         let mut ids = Vec::new();
         let mut pids = Vec::new();
         for _ in 0..2 {
-            let sandbox = backend
-                .create(SingleNodeCreateRequest::new(
-                    "base",
-                    SandboxResources::from_mib(1, 256),
-                ))
-                .await
-                .unwrap();
-            let id = sandbox.sandbox_id().to_owned();
-            let pid1 = common::host_pid1(&sandbox);
-            let token = sandbox.record().envd_access_token.clone().unwrap();
-            let address = backend.ports().target(&id, 49983).unwrap();
+            let common::Created {
+                id,
+                envd: address,
+                token,
+                pid1,
+                ..
+            } = common::create_base(&backend, 1, 256).await;
 
             for (pid, cmdline) in host_command_lines() {
                 assert!(

@@ -321,3 +321,38 @@ pub fn host_pid1(sandbox: &firkin_single_node::SandboxSession) -> u32 {
     let value: serde_json::Value = serde_json::from_str(&handle.0).unwrap();
     u32::try_from(value["pid1"].as_u64().expect("no pid1 in the handle")).unwrap()
 }
+
+/// A `base` sandbox a test created, and what reaching and checking it takes.
+pub struct Created {
+    pub id: String,
+    /// envd's address on the host.
+    pub envd: std::net::SocketAddr,
+    /// envd's access token.
+    pub token: String,
+    /// The host pid of its PID 1.
+    pub pid1: u32,
+    pub session: firkin_single_node::SandboxSession,
+}
+
+/// Create a `base` sandbox with `vcpus` and `mib` of memory on `backend`.
+pub async fn create_base(
+    backend: &firkin_single_node::SingleNodeBackend,
+    vcpus: u32,
+    mib: u64,
+) -> Created {
+    let session = backend
+        .create(firkin_single_node::SingleNodeCreateRequest::new(
+            "base",
+            firkin_single_node::SandboxResources::from_mib(vcpus, mib),
+        ))
+        .await
+        .expect("create a base sandbox");
+    let id = session.sandbox_id().to_owned();
+    Created {
+        envd: backend.ports().target(&id, 49983).unwrap(),
+        token: session.record().envd_access_token.clone().unwrap(),
+        pid1: host_pid1(&session),
+        id,
+        session,
+    }
+}
