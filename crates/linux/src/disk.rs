@@ -149,7 +149,10 @@ impl Disks {
         let image = self.image_of(dir);
         let made = make_image(&tools.mkfs, &image, *size).and_then(|()| {
             run(Command::new(&tools.mount)
-                .args(["-t", "ext4", "-o", "loop,noinit_itable"])
+                // nodev, nosuid: what a sandbox leaves in its upper never acts as a device or
+                // a set-id program for the host (the sandbox sees its files through overlay,
+                // whose own mount decides for it).
+                .args(["-t", "ext4", "-o", "loop,noinit_itable,nodev,nosuid"])
                 .arg(&image)
                 .arg(dir))
         });
@@ -338,6 +341,8 @@ mod tests {
         assert_eq!(std::fs::metadata(&image).unwrap().len(), 32 << 20);
 
         let stat = rustix::fs::statvfs(&dir).unwrap();
+        let flags = rustix::fs::StatVfsMountFlags::NODEV | rustix::fs::StatVfsMountFlags::NOSUID;
+        assert!(stat.f_flag.contains(flags), "{:?}", stat.f_flag);
         let total = stat.f_blocks * stat.f_frsize;
         assert!(
             ((24 << 20)..=(32 << 20)).contains(&total),
