@@ -5,7 +5,9 @@
 //! named by `--api-key-file` (or `FIRKIN_API_KEY_FILE`, or `api-key-file` in firkin.toml),
 //! from `api-key` in firkin.toml, or else from `<state>/api-key`, generated (mode 0600) on
 //! first use. The banner prints the key itself only when it was just generated; otherwise
-//! it says where to read it.
+//! it says where to read it. A file that holds a key (a key file, or firkin.toml with
+//! `api-key`) must not be readable by other users: it is refused otherwise, as ssh refuses
+//! an open private key.
 
 use std::fmt;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -52,7 +54,7 @@ impl ApiKey {
         match &self.source {
             KeySource::Generated(_) => format!("export E2B_API_KEY={}", self.key),
             KeySource::Stored(path) | KeySource::KeyFile(path) => {
-                format!("export E2B_API_KEY=\"$(cat {})\"", path.display())
+                format!("export E2B_API_KEY=\"$(sudo cat '{}')\"", path.display())
             }
             KeySource::Environment => {
                 "# E2B_API_KEY: the key firkin serve was given in FIRKIN_API_KEY".to_owned()
@@ -89,13 +91,8 @@ pub(crate) fn resolve(settings: KeySettings, state_dir: &Path) -> anyhow::Result
         });
     }
     if let Some(path) = settings.key_file {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("read the API key file {}", path.display()))?;
-        let Some(key) = given(&text) else {
-            bail!("the API key file {} is empty", path.display());
-        };
         return Ok(ApiKey {
-            key,
+            key: read_key_file(&path)?,
             source: KeySource::KeyFile(path),
         });
     }
@@ -106,6 +103,44 @@ pub(crate) fn resolve(settings: KeySettings, state_dir: &Path) -> anyhow::Result
         });
     }
     stored(state_dir)
+}
+
+/// The key in the file at `path`, which no other user may read.
+///
+/// # Errors
+///
+/// The file cannot be read, is readable by others (see [`refuse_if_readable_by_others`]), or
+/// holds only white space.
+pub(crate) fn read_key_file(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read the API key file {}", path.display()))?;
+    refuse_if_readable_by_others(path, "the API key file")?;
+    match text.trim() {
+        "" => bail!("the API key file {} is empty", path.display()),
+        key => Ok(key.to_owned()),
+    }
+}
+
+/// Refuses `path` (`what`, for the message) when its group or other users may read it.
+///
+/// # Errors
+///
+/// The file cannot be inspected, or its mode lets others read it.
+pub(crate) fn refuse_if_readable_by_others(path: &Path, what: &str) -> anyhow::Result<()> {
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("inspect {what} {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o044 != 0 {
+        bail!(
+            "{what} {} holds the API key but other users may read it (mode {:o}): run \
+             `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// The key kept in `<state>/api-key` (mode 0600 from its creation), made on first use.
@@ -172,7 +207,7 @@ mod tests {
         assert!(!line.contains(&first.key), "{line}");
         assert_eq!(
             line,
-            format!("export E2B_API_KEY=\"$(cat {})\"", path.display())
+            format!("export E2B_API_KEY=\"$(sudo cat '{}')\"", path.display())
         );
         assert!(!format!("{second:?}").contains(&first.key));
     }
@@ -181,7 +216,7 @@ mod tests {
     fn the_environment_wins_then_the_key_file_then_the_settings_file() {
         let state = tempfile::tempdir().unwrap();
         let key_file = state.path().join("key");
-        std::fs::write(&key_file, "from-the-key-file\n").unwrap();
+        write_private(&key_file, "from-the-key-file\n");
         let all = || KeySettings {
             environment: Some("from-the-environment".into()),
             key_file: Some(key_file.clone()),
@@ -223,7 +258,7 @@ mod tests {
     fn a_missing_or_empty_key_file_is_an_error_naming_it() {
         let state = tempfile::tempdir().unwrap();
         let empty = state.path().join("empty");
-        std::fs::write(&empty, "\n").unwrap();
+        write_private(&empty, "\n");
         for path in [empty, state.path().join("missing")] {
             let error = resolve(
                 KeySettings {
@@ -239,5 +274,29 @@ mod tests {
             );
         }
         assert!(!state.path().join("api-key").exists());
+    }
+
+    #[test]
+    fn a_key_file_others_may_read_is_refused() {
+        let state = tempfile::tempdir().unwrap();
+        let open = state.path().join("key");
+        write_private(&open, "the-key\n");
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&open, std::fs::Permissions::from_mode(mode)).unwrap();
+            let error = read_key_file(&open).unwrap_err();
+            let message = format!("{error:#}");
+            assert!(
+                message.contains("other users may read it") && message.contains("chmod 600"),
+                "{message}"
+            );
+            assert!(!message.contains("the-key\n"), "{message}");
+        }
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_key_file(&open).unwrap(), "the-key");
+    }
+
+    fn write_private(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 }

@@ -93,7 +93,11 @@ pub(crate) fn load(explicit: Option<&Path>) -> anyhow::Result<FileConfig> {
         }
         Err(error) => return Err(error).with_context(|| format!("read {}", path.display())),
     };
-    parse(&text).with_context(|| format!("in {}", path.display()))
+    let config = parse(&text).with_context(|| format!("in {}", path.display()))?;
+    if config.api_key.is_some() {
+        crate::api_key::refuse_if_readable_by_others(&path, "the settings file")?;
+    }
+    Ok(config)
 }
 
 fn parse(text: &str) -> anyhow::Result<FileConfig> {
@@ -154,5 +158,25 @@ mod tests {
         );
         let zero = parse("max-connections = 0\n").unwrap_err();
         assert!(format!("{zero:#}").contains("at least 1"), "{zero:#}");
+    }
+
+    #[test]
+    fn a_settings_file_with_the_key_must_be_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("firkin.toml");
+        let mode = |mode| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+        std::fs::write(&path, "warm-pool = 1\n").unwrap();
+        mode(0o644).unwrap();
+        assert_eq!(
+            load(Some(&path)).unwrap().warm_pool,
+            Some(1),
+            "no key: may be open"
+        );
+        std::fs::write(&path, "api-key = \"k\"\n").unwrap();
+        let error = load(Some(&path)).unwrap_err();
+        assert!(format!("{error:#}").contains("chmod 600"), "{error:#}");
+        mode(0o600).unwrap();
+        assert_eq!(load(Some(&path)).unwrap().api_key.as_deref(), Some("k"));
     }
 }

@@ -20,9 +20,14 @@ pub(crate) struct ClientArgs {
         global = true
     )]
     url: String,
-    /// The daemon's API key; default: the key `firkin serve` keeps in the state directory.
-    #[arg(long, env = "FIRKIN_API_KEY", hide_env_values = true, global = true)]
-    api_key: Option<String>,
+    /// A file holding the daemon's API key (which no other user may read). The key may
+    /// instead come in FIRKIN_API_KEY (which wins); default: the key `firkin serve` keeps in
+    /// the state directory.
+    #[arg(long, env = "FIRKIN_API_KEY_FILE", value_name = "PATH", global = true)]
+    api_key_file: Option<std::path::PathBuf>,
+    /// Refused: a key on the command line is readable by every user of the host (`ps`).
+    #[arg(long = "api-key", hide = true, value_name = "KEY", global = true)]
+    api_key_on_command_line: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,13 +96,24 @@ struct Client {
 
 impl Client {
     fn new(args: ClientArgs, state_dir: &Path) -> anyhow::Result<Self> {
-        let api_key = match args.api_key {
-            Some(key) => key,
-            None => std::fs::read_to_string(state_dir.join("api-key"))
+        if args.api_key_on_command_line.is_some() {
+            bail!(
+                "--api-key is not accepted: a command line is readable by every user of the \
+                 host. Pass the key in FIRKIN_API_KEY or in a file (--api-key-file)"
+            );
+        }
+        let from_environment = std::env::var("FIRKIN_API_KEY")
+            .ok()
+            .filter(|key| !key.trim().is_empty());
+        let api_key = match (from_environment, args.api_key_file) {
+            (Some(key), _) => key.trim().to_owned(),
+            (None, Some(path)) => crate::api_key::read_key_file(&path)?,
+            (None, None) => std::fs::read_to_string(state_dir.join("api-key"))
                 .map(|key| key.trim().to_owned())
                 .with_context(|| {
                     format!(
-                        "no API key: pass --api-key or FIRKIN_API_KEY (firkin serve keeps it in {})",
+                        "no API key: set FIRKIN_API_KEY or --api-key-file (firkin serve keeps \
+                         it in {})",
                         state_dir.join("api-key").display()
                     )
                 })?,

@@ -1,6 +1,7 @@
 //! `firkin serve`: the E2B-compatible daemon over the Linux driver.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -147,14 +148,23 @@ pub(crate) fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     }
     let envd = envd_binary(args.envd_bin.clone())?;
     // Refused before the state directory is made: a bad setting changes nothing.
-    if (1..firkin_linux::disk::MIN_SIZE_MB).contains(&args.disk_size_mb) {
-        bail!(firkin_linux::disk::DiskError::TooSmall(args.disk_size_mb));
-    }
-    std::fs::create_dir_all(state_dir)
+    firkin_linux::disk::check_size(args.disk_size_mb)?;
+    let environment_key = match std::env::var_os("FIRKIN_API_KEY") {
+        None => None,
+        Some(key) => Some(
+            key.into_string()
+                .map_err(|_| anyhow::anyhow!("FIRKIN_API_KEY is not UTF-8"))?,
+        ),
+    };
+    // Owner-only from the start (the driver then opens it to 0711, see `state_dir`).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
         .with_context(|| format!("create the state directory {}", state_dir.display()))?;
     let api_key = crate::api_key::resolve(
         crate::api_key::KeySettings {
-            environment: std::env::var("FIRKIN_API_KEY").ok(),
+            environment: environment_key,
             key_file: args.api_key_file.clone(),
             config_file: args.config_api_key.clone(),
         },

@@ -67,6 +67,12 @@ mod tests {
             "listen = \"127.0.0.1:1\"\napi-key = \"key-from-the-file\"\n",
         )
         .unwrap();
+        // It holds the key: only its owner may read it.
+        std::fs::set_permissions(
+            &config,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+        )
+        .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_firkin"))
             .arg("serve")
             .arg("--config")
@@ -193,11 +199,22 @@ mod tests {
         assert!(!again.status.success());
         assert!(String::from_utf8_lossy(&again.stderr).contains("firkin: DELETE"));
         let wrong_key = Command::new(env!("CARGO_BIN_EXE_firkin"))
-            .args(["sandbox", "ls", "--api-key", "wrong"])
+            .args(["sandbox", "ls"])
             .env("FIRKIN_URL", &daemon.url)
+            .env("FIRKIN_API_KEY", "wrong")
             .output()
             .unwrap();
         assert!(String::from_utf8_lossy(&wrong_key.stderr).contains("401"));
+        // Nor does the client take a key on its command line.
+        let on_argv = Command::new(env!("CARGO_BIN_EXE_firkin"))
+            .args(["sandbox", "ls", "--api-key", &daemon.key])
+            .env("FIRKIN_URL", &daemon.url)
+            .env_remove("FIRKIN_API_KEY")
+            .output()
+            .unwrap();
+        assert!(!on_argv.status.success());
+        let stderr = String::from_utf8_lossy(&on_argv.stderr);
+        assert!(stderr.contains("--api-key is not accepted"), "{stderr}");
         assert_eq!(
             ok(&firkin(&daemon, &["ls"])).lines().count(),
             1,

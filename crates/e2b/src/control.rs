@@ -95,7 +95,8 @@ async fn require_api_key(State(state): Shared, request: Request, next: Next) -> 
         }
         Presented::Nothing => ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "missing X-API-KEY header: set E2B_API_KEY to the key firkin serve printed",
+            "no API key: send it as X-API-KEY or Authorization: Bearer (E2B_API_KEY; firkin \
+             serve keeps a generated key in <state>/api-key)",
         )
         .into_response(),
     }
