@@ -10,7 +10,8 @@
 //! the state file system as it is, and ext4 without the `project` feature or mounted without
 //! `prjquota` cannot get quotas while mounted; nor could quotas be moved into one shared
 //! image here, since the kernels firkin meets are built without XFS quota or the generic
-//! quota format (`CONFIG_XFS_QUOTA`, `CONFIG_QFMT_V2`: this kernel 6.18 has neither). Loop
+//! quota format (`CONFIG_XFS_QUOTA`, `CONFIG_QFMT_V2`; the kernel firkin was first built on,
+//! 6.18, has neither). Loop
 //! devices and ext4 are everywhere. Quotas would also answer `EDQUOT` on ext4, where E2B
 //! sandboxes answer `ENOSPC`.
 //!
@@ -102,18 +103,11 @@ impl Disks {
     /// (see [`mechanism`]).
     pub fn new(state_dir: &Path, size_mb: u64) -> Result<Self, DiskError> {
         let images = state_dir.join("disks");
-        if size_mb == 0 {
+        let Some(tools) = tools_for(size_mb)? else {
             return Ok(Self {
                 images,
                 limit: None,
             });
-        }
-        if size_mb < MIN_SIZE_MB {
-            return Err(DiskError::TooSmall(size_mb));
-        }
-        let tools = match mechanism() {
-            Mechanism::Image { mkfs, mount } => Tools { mkfs, mount },
-            Mechanism::Unavailable(reason) => return Err(DiskError::Unavailable(reason)),
         };
         std::fs::create_dir_all(&images)
             .map_err(io_error(format!("create {}", images.display())))?;
@@ -266,6 +260,30 @@ pub enum Mechanism {
     },
     /// None: why not.
     Unavailable(String),
+}
+
+/// Whether disks of `size_mb` MiB (0: no limit) can be made on this host, checked before
+/// anything is made (what [`Disks::new`] checks first). Only reads.
+///
+/// # Errors
+///
+/// As [`Disks::new`]'s, without the I/O ones.
+pub fn check_size(size_mb: u64) -> Result<(), DiskError> {
+    tools_for(size_mb).map(drop)
+}
+
+/// The tools for disks of `size_mb`; `None` for no limit.
+fn tools_for(size_mb: u64) -> Result<Option<Tools>, DiskError> {
+    if size_mb == 0 {
+        return Ok(None);
+    }
+    if size_mb < MIN_SIZE_MB {
+        return Err(DiskError::TooSmall(size_mb));
+    }
+    match mechanism() {
+        Mechanism::Image { mkfs, mount } => Ok(Some(Tools { mkfs, mount })),
+        Mechanism::Unavailable(reason) => Err(DiskError::Unavailable(reason)),
+    }
 }
 
 /// What [`Disks`] can use on this host: loop devices, ext4, `mkfs.ext4` and `mount`. Only

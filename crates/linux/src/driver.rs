@@ -647,10 +647,17 @@ fn reclaim_leftovers(
     disks.remove_orphans(&kept).map_err(launch_failed)
 }
 
-/// Bytes allocated to the files under `dir` (the sandbox's own layers), not following links
-/// or crossing into other file systems.
-fn disk_usage(dir: &Path) -> u64 {
+/// Bytes the sandbox's own layers under `dir` take: what its disk has in use when it has one
+/// (`own_disk`: one `statvfs`), else the files' allocated blocks, walked without following
+/// links or crossing into other file systems.
+fn disk_usage(dir: &Path, own_disk: bool) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
+    if own_disk && let Ok(stat) = rustix::fs::statvfs(dir) {
+        return stat
+            .f_blocks
+            .saturating_sub(stat.f_bfree)
+            .saturating_mul(stat.f_frsize);
+    }
     let Ok(root) = std::fs::symlink_metadata(dir) else {
         return 0;
     };
@@ -843,13 +850,14 @@ impl RuntimeDriver for NamespaceDriver {
     async fn metrics(&self, sandbox_id: &str) -> Result<RuntimeMetrics> {
         let id = sandbox_id.to_owned();
         let dir = self.sandbox_path(sandbox_id);
+        let own_disk = self.core.disks.size_bytes().is_some();
         self.with_cgroup(sandbox_id, move |cgroup| {
             let measure = |error| Error::RuntimeCommandFailed(format!("metrics of {id}: {error}"));
             Ok(RuntimeMetrics {
                 cpu_usage_usec: cgroup.cpu_usage_usec().map_err(measure)?,
                 memory_used_bytes: cgroup.memory_usage_bytes().map_err(measure)?,
                 memory_cache_bytes: cgroup.memory_cache_bytes().map_err(measure)?,
-                disk_used_bytes: disk_usage(&dir),
+                disk_used_bytes: disk_usage(&dir, own_disk),
             })
         })
         .await

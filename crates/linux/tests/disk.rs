@@ -101,6 +101,17 @@ mod tests {
             "dd if=/dev/zero of=$HOME/fits bs=1M count=20 2>&1; echo rc=$?",
         );
         assert!(out.trim_end().ends_with("rc=0"), "{neighbour_id}: {out}");
+        // The driver's metrics count what the sandbox wrote on its disk.
+        let used = backend
+            .metrics(neighbour_id)
+            .await
+            .unwrap()
+            .1
+            .disk_used_bytes;
+        assert!(
+            ((20 << 20)..(DISK_MB << 20)).contains(&used),
+            "{neighbour_id}: {used} bytes used after writing 20 MiB"
+        );
         let beside_db = harness.state.path().join("host-write");
         std::fs::write(&beside_db, vec![1_u8; 1 << 20]).unwrap();
         std::fs::remove_file(&beside_db).unwrap();

@@ -71,16 +71,18 @@ pub async fn get_metrics() -> Result<Json<Metrics>, HttpError> {
 
 /// The metrics, with the cgroup hierarchies under `cgroup_root`.
 async fn metrics_from(cgroup_root: &Path) -> Result<Metrics, HttpError> {
-    let sample = || -> Result<(CpuSample, u32), HttpError> {
+    // The CPU counters with the cgroup's whole reading (limits and use), read once.
+    let sample = || -> Result<(CpuSample, u32, CgroupUsage), HttpError> {
         let (host, count) = read_cpu()?;
-        let cgroup_usec = cgroup::read(cgroup_root).cpu_usage_usec;
+        let usage = cgroup::read(cgroup_root);
         Ok((
             CpuSample {
                 host,
-                cgroup_usec,
+                cgroup_usec: usage.cpu_usage_usec,
                 at: Instant::now(),
             },
             count,
+            usage,
         ))
     };
     let previous = *LAST_CPU
@@ -94,11 +96,10 @@ async fn metrics_from(cgroup_root: &Path) -> Result<Metrics, HttpError> {
             first
         }
     };
-    let (now, host_cpus) = sample()?;
+    let (now, host_cpus, usage) = sample()?;
     *LAST_CPU
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(now);
-    let usage = cgroup::read(cgroup_root);
     let meminfo = std::fs::read_to_string("/proc/meminfo")
         .map_err(|error| HttpError::internal(format!("cannot read /proc/meminfo: {error}")))?;
     let (mem_total, mem_used) = sandbox_memory(memory(&meminfo), &usage);
