@@ -292,7 +292,11 @@ mod tests {
         LocalCa::ensure(&dir, "e2b.localhost").unwrap();
         assert_eq!(mode("ca-key.pem"), 0o600);
         assert_eq!(mode("server-key.pem"), 0o600);
-        assert_eq!(mode(""), 0o711, "others may list the TLS directory");
+        assert_eq!(
+            mode(""),
+            0o711,
+            "others may pass through the TLS directory, not list it"
+        );
         // A new domain rewrites the server key in place: still private.
         set("server-key.pem", 0o644);
         LocalCa::ensure(&dir, "other.localhost").unwrap();

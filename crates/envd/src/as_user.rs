@@ -31,17 +31,12 @@ where
             .await
             .map_err(io::Error::other)?;
     }
-    let uid = Uid::from_raw(user.uid);
-    let gid = Gid::from_raw(user.gid);
-    let groups: Vec<Gid> = std::iter::once(user.gid)
-        .chain(user.groups.iter().copied())
-        .map(Gid::from_raw)
-        .collect();
+    let credentials = Credentials::of(user);
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("envd-as-user".into())
         .spawn(move || {
-            let outcome = become_user(uid, gid, &groups).and_then(|()| work());
+            let outcome = credentials.take().and_then(|()| work());
             let _ = done.send(outcome);
         })?;
     result
@@ -63,18 +58,11 @@ pub fn run_scoped<T: Send>(
     if !needs_switch(user) {
         return work();
     }
-    let uid = Uid::from_raw(user.uid);
-    let gid = Gid::from_raw(user.gid);
-    let groups: Vec<Gid> = std::iter::once(user.gid)
-        .chain(user.groups.iter().copied())
-        .map(Gid::from_raw)
-        .collect();
+    let credentials = Credentials::of(user);
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("envd-as-user".into())
-            .spawn_scoped(scope, || {
-                become_user(uid, gid, &groups).and_then(|()| work())
-            })?
+            .spawn_scoped(scope, || credentials.take().and_then(|()| work()))?
             .join()
             .map_err(|_| io::Error::other("the file worker thread panicked"))?
     })
@@ -86,14 +74,34 @@ pub fn needs_switch(user: &User) -> bool {
     rustix::process::geteuid().is_root() && user.uid != 0
 }
 
-/// Take `uid`, `gid` and `groups` as this thread's effective (and so file-system) identity.
-/// Real and saved ids stay root's; the thread is dropped after its one job.
-fn become_user(uid: Uid, gid: Gid, groups: &[Gid]) -> io::Result<()> {
-    // Order matters: groups and gid need the privileges that the uid change drops.
-    rustix::thread::set_thread_groups(groups)?;
-    rustix::thread::set_thread_res_gid(None, Some(gid), None)?;
-    rustix::thread::set_thread_res_uid(None, Some(uid), None)?;
-    Ok(())
+/// A user's ids, to be taken by a worker thread.
+struct Credentials {
+    uid: Uid,
+    gid: Gid,
+    groups: Vec<Gid>,
+}
+
+impl Credentials {
+    fn of(user: &User) -> Self {
+        Self {
+            uid: Uid::from_raw(user.uid),
+            gid: Gid::from_raw(user.gid),
+            groups: std::iter::once(user.gid)
+                .chain(user.groups.iter().copied())
+                .map(Gid::from_raw)
+                .collect(),
+        }
+    }
+
+    /// Take these ids as this thread's effective (and so file-system) identity. Real and
+    /// saved ids stay root's; the thread is dropped after its one job.
+    fn take(&self) -> io::Result<()> {
+        // Order matters: groups and gid need the privileges that the uid change drops.
+        rustix::thread::set_thread_groups(&self.groups)?;
+        rustix::thread::set_thread_res_gid(None, Some(self.gid), None)?;
+        rustix::thread::set_thread_res_uid(None, Some(self.uid), None)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -54,22 +54,6 @@ pub fn read(path: &Path) -> io::Result<HashMap<String, String>> {
     Ok(metadata)
 }
 
-/// Set `user.e2b.<key>` = `value` on `path`.
-///
-/// # Errors
-///
-/// When the file system refuses extended attributes (`ENOTSUP`) or the key is invalid.
-pub fn write(path: &Path, key: &str, value: &str) -> io::Result<()> {
-    let name = format!("{XATTR_PREFIX}{key}");
-    rustix::fs::setxattr(
-        path,
-        name.as_str(),
-        value.as_bytes(),
-        rustix::fs::XattrFlags::empty(),
-    )?;
-    Ok(())
-}
-
 /// Set `user.e2b.<key>` = `value` on the open file `file`: on that file, whatever its path
 /// names by now (the path may have been swapped for a symlink since it was opened).
 ///
@@ -101,9 +85,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        match write(&file, "owner", "ada") {
+        let open = std::fs::File::open(&file).unwrap();
+        match write_fd(&open, "owner", "ada") {
             Ok(()) => {
-                write(&file, "big", &"v".repeat(3000)).unwrap();
+                write_fd(&open, "big", &"v".repeat(3000)).unwrap();
                 let metadata = read(&file).unwrap();
                 assert_eq!(metadata.get("owner").map(String::as_str), Some("ada"));
                 assert_eq!(metadata.get("big").map(String::len), Some(3000));

@@ -733,7 +733,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let victim = dir.path().join("victim");
         std::fs::write(&victim, "not the upload").unwrap();
-        if let Err(error) = crate::metadata::write(&victim, "probe", "1") {
+        let probe = std::fs::File::open(&victim).unwrap();
+        if let Err(error) = crate::metadata::write_fd(&probe, "probe", "1") {
             return firkin_test_support::skip(
                 "metadata swap test",
                 &format!("no user xattrs here ({error})"),

@@ -269,6 +269,7 @@ impl SingleNodeBackend {
 
     /// How many operations hold or await `sandbox_id`'s operation lock right now. Tests use
     /// it to force an interleaving ("B waits behind A") instead of sleeping and hoping.
+    #[doc(hidden)]
     #[must_use]
     pub fn lock_users(&self, sandbox_id: &str) -> usize {
         self.shared
