@@ -24,12 +24,27 @@ def allowed_patterns():
         pattern, _, why = line.partition("\t")
         if not why.strip():
             raise ValueError(f"{ALLOW_LIST}: entry without a reason: {line!r}")
+        if not pattern.strip():
+            # An empty pattern is a substring of every reason: it would allow every skip.
+            raise ValueError(f"{ALLOW_LIST}: entry without a pattern: {line!r}")
         entries.append((pattern, why.strip()))
     return entries
 
 
 def pytest_runtest_logreport(report):
+    _check(report)
+
+
+def pytest_collectreport(report):
+    # A module that skips itself as it is collected (`pytest.skip(allow_module_level=True)`,
+    # `importorskip`) reports here, not per test.
+    _check(report)
+
+
+def _check(report):
     if not report.skipped or os.environ.get("FIRKIN_REQUIRE_ROOT_TESTS") != "1":
+        return
+    if hasattr(report, "wasxfail"):  # an expected failure, not a skip
         return
     # The `longrepr` of a skip is (file, line, "Skipped: <reason>").
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)

@@ -1,6 +1,6 @@
 // Starts and stops one real `firkin serve` for the JS SDK tests, the same way the Python SDK
 // tests' conftest.py (crates/e2b/tests/sdk/conftest.py) does: a free loopback port, a fresh
-// state directory (chmod 0755), the static envd from scripts/build-envd, a random API key, and
+// state directory (0700 from mkdtemp; the daemon opens it to 0711), the static envd from scripts/build-envd, a random API key, and
 // the `export E2B_...` lines the daemon prints (recipe A of E2B-CONTRACT.md). At the end every
 // sandbox still listed is killed and reported, the daemon gets SIGTERM and must exit 0, no
 // process may still run in the state directory's sandboxes and no network slot (fk<tag>h* veth) it
@@ -295,6 +295,9 @@ export async function startDaemon(runId) {
   const daemon = new Daemon({ child, logPath, stateDir, env, runId, slotsBefore })
 
   const wanted = ['E2B_API_URL', 'E2B_SANDBOX_URL']
+  // The banner's line about the key comes after the URLs: wait for it too, to check it.
+  let leakedKey = false
+  let keyLine = false
   const lines = readline.createInterface({ input: child.stdout })
   const ready = await new Promise((resolve) => {
     const timer = setTimeout(() => resolve(false), 30_000)
@@ -303,15 +306,23 @@ export async function startDaemon(runId) {
       resolve(value)
     }
     lines.on('line', (line) => {
+      if (line.includes(apiKey)) leakedKey = true
+      if (line.includes('E2B_API_KEY')) keyLine = true
       const match = /^export (E2B_[A-Z_]+)=(.*)$/.exec(line.trim())
       if (match && match[1] !== 'E2B_API_KEY') env[match[1]] = match[2]
-      if (wanted.every((key) => key in env)) done(true)
+      if (keyLine && wanted.every((key) => key in env)) done(true)
     })
     lines.on('close', () => done(wanted.every((key) => key in env)))
     child.on('error', () => done(false))
   })
   // Keep draining stdout so the daemon never blocks on a full pipe.
   child.stdout.resume()
+  if (leakedKey) {
+    child.kill('SIGKILL')
+    await daemon.exit
+    fs.rmSync(stateDir, { recursive: true, force: true })
+    throw new Error('firkin serve printed the API key it was given in FIRKIN_API_KEY')
+  }
   if (!ready) {
     child.kill('SIGKILL')
     const { code, signal } = await daemon.exit

@@ -2,12 +2,13 @@
 
 One real daemon (`target/debug/firkin serve`, with the static envd from scripts/build-envd)
 runs for the whole session on a free loopback port with a fresh state directory. The real
-`e2b` Python SDK from PyPI drives it through recipe A of E2B-CONTRACT.md: E2B_API_URL,
-E2B_SANDBOX_URL and E2B_API_KEY, taken from the `export` lines the daemon prints.
+`e2b` Python SDK from PyPI drives it through recipe A of E2B-CONTRACT.md: E2B_API_URL and
+E2B_SANDBOX_URL taken from the `export` lines the daemon prints, and E2B_API_KEY, a random key
+the session gives the daemon in FIRKIN_API_KEY (the daemon must never print it back).
 
 Nothing is built here: run `cargo build -p firkin` and `scripts/build-envd` first (FIRKIN_BIN
 and FIRKIN_ENVD_BIN point elsewhere). Without root, or without the binaries, every test is
-skipped with the reason.
+skipped with the reason (a failure under FIRKIN_REQUIRE_ROOT_TESTS=1, as scripts/test runs).
 
 Every sandbox a test creates carries `metadata={"test": <run id>, "case": <test name>}` (the
 `meta` fixture). After each test, the sandboxes with its metadata must be gone; at the end of
@@ -255,13 +256,13 @@ def start_daemon(run_id: str) -> Daemon:
                 f" its log ({log_path}):\n{daemon.log_since(0)}",
                 pytrace=False,
             )
+        assert api_key not in line, "the daemon printed the API key it was given"
         match = re.fullmatch(r"export ([A-Z][A-Z0-9_]*)=(.*)", line.strip())
-        if match:
+        if match and match.group(1) != "E2B_API_KEY":
             env[match.group(1)] = match.group(2)
     daemon = Daemon(process, log_path, state_dir, env, run_id)
     assert env["E2B_API_URL"] == f"http://127.0.0.1:{port}", env
     assert env["E2B_SANDBOX_URL"] == f"http://127.0.0.1:{port}", env
-    assert env["E2B_API_KEY"] == api_key, "the daemon printed an E2B_API_KEY it was given"
     return daemon
 
 
