@@ -18,7 +18,12 @@ mod tests {
     fn run_child(require: Option<&str>) -> Output {
         let mut command = Command::new(std::env::current_exe().unwrap());
         command
-            .args(["--exact", "tests::child_skips", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "tests::child_skips",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD, "1")
             .env_remove(firkin_test_support::REQUIRE_VAR);
         if let Some(value) = require {

@@ -230,8 +230,15 @@ impl Harness {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&state)).collect();
         assert!(left.is_empty(), "mounts left behind: {left:#?}");
+        // The blank image every sandbox disk copies stays for the next daemon.
         let images: Vec<_> = std::fs::read_dir(self.state.path().join("disks"))
-            .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name())
+                    .filter(|name| name != ".blank.img")
+                    .collect()
+            })
             .unwrap_or_default();
         assert!(
             images.is_empty(),
