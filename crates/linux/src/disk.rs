@@ -17,9 +17,9 @@
 //!
 //! `mkfs.ext4` runs once per driver start, into a blank image (`disks/.blank.img`); each
 //! sandbox's image is a copy of it: a reflink where the state file system has them (xfs,
-//! btrfs), else a copy of its few MiB of data that keeps the rest a hole. Copying and
-//! mounting take a few milliseconds where running `mkfs.ext4` per sandbox took about 30 (more
-//! under load), and the warm pool pays even that ahead. The image is made without a journal (a
+//! btrfs), else a copy of its few MiB of data that keeps the rest a hole. The copy takes
+//! about 5 ms where running `mkfs.ext4` per sandbox took about 30 (more under load); `mount
+//! -o loop` then takes about 15 ms (docs/BENCHMARKS.md), and the warm pool pays both ahead. The image is made without a journal (a
 //! sandbox does not outlive a host crash), no reserved blocks, and mounted with
 //! `noinit_itable` so that ext4 does not zero its inode tables in the background: only what
 //! the sandbox writes takes host space. The copies share the blank's file system UUID, which
