@@ -1,36 +1,179 @@
-//! Admission: a ledger of the CPU, memory and session slots that live sandboxes reserve.
+//! Admission: a ledger of the caps that admitted sandboxes hold, checked against the host
+//! times its overcommit ratios, and the host's live memory pressure.
 //!
 //! Decisions are immediate (no queue). A sandbox id holds at most one reservation: admitting
 //! an id that already holds one is a [`Error::Conflict`], never a silent re-admit, so a
-//! failed duplicate create can never release the first sandbox's reservation.
+//! failed duplicate create can never release the first sandbox's reservation. A paused
+//! sandbox keeps its memory cap in the ledger (its memory stays in use) but not its vCPUs
+//! (a frozen cgroup runs nothing); resuming takes them back, and can be refused for them. A
+//! failed sandbox (its teardown failed) keeps its memory cap until a delete finishes the
+//! teardown, and no vCPUs: what is left of it is being torn down, not run.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::SingleNodeSchedulerConfig;
 use crate::error::{Error, Result};
 use crate::model::SandboxResources;
+use crate::pressure::{PressureReading, PressureSource};
+
+const MIB: u64 = 1 << 20;
+
+/// Why a sandbox was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// The sandbox count limit.
+    MaxSandboxes,
+    /// The vCPU caps would pass the host's CPUs times the CPU overcommit.
+    Cpu,
+    /// The memory caps would pass the host's memory times the memory overcommit.
+    Memory,
+    /// The host is short of memory right now (`MemAvailable` floor or PSI).
+    MemoryPressure,
+    /// The state directory's file system is below its free space floor.
+    Disk,
+}
+
+impl RefusalReason {
+    /// Every reason, in a fixed order (for metrics).
+    pub const ALL: [Self; 5] = [
+        Self::MaxSandboxes,
+        Self::Cpu,
+        Self::Memory,
+        Self::MemoryPressure,
+        Self::Disk,
+    ];
+
+    /// The reason's name in metrics and reports.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxSandboxes => "max_sandboxes",
+            Self::Cpu => "cpu",
+            Self::Memory => "memory",
+            Self::MemoryPressure => "memory_pressure",
+            Self::Disk => "disk",
+        }
+    }
+}
+
+/// The last refusal: why, the message the client got, and when.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Refusal {
+    /// Why.
+    pub reason: RefusalReason,
+    /// The error message returned to the client.
+    pub message: String,
+    /// When, in Unix milliseconds.
+    pub at_unix_ms: u64,
+}
+
+/// What admission holds now, for `/metrics` and `firkin doctor`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CapacityReport {
+    /// The limits.
+    pub config: SingleNodeSchedulerConfig,
+    /// The caps admitted sandboxes may add up to ([`SingleNodeSchedulerConfig::capacity`]).
+    pub capacity: SandboxResources,
+    /// Sandboxes holding a reservation (running, paused, being created, failed).
+    pub admitted: usize,
+    /// Of which paused: they hold memory but no vCPUs.
+    pub paused: usize,
+    /// Of which failed (a teardown to finish): they hold memory but no vCPUs.
+    pub failed: usize,
+    /// vCPU caps of running sandboxes and memory caps of all, in the ledger.
+    pub reserved: SandboxResources,
+    /// The host's memory now (`None` when it could not be read).
+    pub pressure: Option<PressureReading>,
+    /// Refusals since the daemon started, per reason (in [`RefusalReason::ALL`]'s order).
+    pub refusals: Vec<(RefusalReason, u64)>,
+    /// The last refusal.
+    pub last_refusal: Option<Refusal>,
+}
 
 /// The admission ledger.
 #[derive(Debug)]
 pub struct SingleNodeScheduler {
     config: SingleNodeSchedulerConfig,
+    pressure: Arc<dyn PressureSource>,
     admitted: Mutex<Ledger>,
 }
 
 #[derive(Debug, Default)]
 struct Ledger {
-    reservations: HashMap<String, SandboxResources>,
-    used_vcpus: u64,
-    used_memory_bytes: u64,
+    reservations: HashMap<String, Reservation>,
+    running_vcpus: u64,
+    memory_bytes: u64,
+    paused: usize,
+    failed: usize,
+    refusals: HashMap<RefusalReason, u64>,
+    last_refusal: Option<Refusal>,
+}
+
+/// What an admitted sandbox is doing, as far as its vCPUs go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holding {
+    /// Running (or being created or deleted): it holds its vCPUs.
+    Running,
+    /// Paused: frozen, no vCPUs.
+    Paused,
+    /// Failed: a teardown to finish, no vCPUs.
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Reservation {
+    resources: SandboxResources,
+    holding: Holding,
+}
+
+impl Ledger {
+    fn add(&mut self, id: &str, reservation: Reservation) {
+        match reservation.holding {
+            Holding::Running => self.running_vcpus += u64::from(reservation.resources.vcpus),
+            Holding::Paused => self.paused += 1,
+            Holding::Failed => self.failed += 1,
+        }
+        self.memory_bytes += reservation.resources.memory_bytes;
+        self.reservations.insert(id.to_owned(), reservation);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Reservation> {
+        let reservation = self.reservations.remove(id)?;
+        match reservation.holding {
+            Holding::Running => self.running_vcpus -= u64::from(reservation.resources.vcpus),
+            Holding::Paused => self.paused -= 1,
+            Holding::Failed => self.failed -= 1,
+        }
+        self.memory_bytes -= reservation.resources.memory_bytes;
+        Some(reservation)
+    }
+
+    fn refuse(&mut self, reason: RefusalReason, message: String) -> Error {
+        *self.refusals.entry(reason).or_default() += 1;
+        let at_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
+        tracing::warn!(reason = reason.as_str(), "{message}");
+        self.last_refusal = Some(Refusal {
+            reason,
+            message: message.clone(),
+            at_unix_ms,
+        });
+        Error::CapacityRejected(message)
+    }
 }
 
 impl SingleNodeScheduler {
-    /// An empty ledger with `config`'s limits.
+    /// An empty ledger with `config`'s limits, reading the host's pressure from `pressure`.
     #[must_use]
-    pub fn new(config: SingleNodeSchedulerConfig) -> Self {
+    pub fn new(config: SingleNodeSchedulerConfig, pressure: Arc<dyn PressureSource>) -> Self {
         Self {
             config,
+            pressure,
             admitted: Mutex::new(Ledger::default()),
         }
     }
@@ -46,69 +189,194 @@ impl SingleNodeScheduler {
     /// # Errors
     ///
     /// [`Error::Conflict`] when the id already holds a reservation;
-    /// [`Error::CapacityRejected`] when the session count, CPU or memory would exceed the
-    /// limits (checked in that order, the message giving requested and available amounts).
+    /// [`Error::CapacityRejected`] when the sandbox count, the vCPU caps or the memory caps
+    /// would pass the limits, or the host is short of memory now (checked in that order, the
+    /// message giving what was asked, what is left and the setting that decides).
     pub fn admit(&self, sandbox_id: &str, resources: SandboxResources) -> Result<()> {
+        // Read before taking the lock: two small /proc files, never under the ledger's lock.
+        let reading = self.read_pressure();
         let mut ledger = self.lock();
         if ledger.reservations.contains_key(sandbox_id) {
             return Err(Error::Conflict(format!(
                 "sandbox {sandbox_id} is already admitted"
             )));
         }
-        let limits = self.config;
-        if ledger.reservations.len() >= limits.max_sessions {
-            return Err(Error::CapacityRejected(format!(
-                "sandbox {sandbox_id} rejected: the limit of {} sandboxes is reached",
-                limits.max_sessions
-            )));
+        if let Some((reason, message)) = self.refusal(&ledger, resources, reading.as_ref()) {
+            return Err(ledger.refuse(reason, format!("sandbox {sandbox_id} refused: {message}")));
         }
-        let available_vcpus = u64::from(limits.resources.vcpus).saturating_sub(ledger.used_vcpus);
-        if u64::from(resources.vcpus) > available_vcpus {
-            return Err(Error::CapacityRejected(format!(
-                "sandbox {sandbox_id} rejected: CPU requested {}, available {available_vcpus}",
-                resources.vcpus
-            )));
-        }
-        let available_memory = limits
-            .resources
-            .memory_bytes
-            .saturating_sub(ledger.used_memory_bytes);
-        if resources.memory_bytes > available_memory {
-            return Err(Error::CapacityRejected(format!(
-                "sandbox {sandbox_id} rejected: memory requested {} MiB, available {} MiB",
-                resources.memory_bytes >> 20,
-                available_memory >> 20
-            )));
-        }
-        ledger.used_vcpus += u64::from(resources.vcpus);
-        ledger.used_memory_bytes += resources.memory_bytes;
-        ledger.reservations.insert(sandbox_id.to_owned(), resources);
+        ledger.add(
+            sandbox_id,
+            Reservation {
+                resources,
+                holding: Holding::Running,
+            },
+        );
         Ok(())
+    }
+
+    fn refusal(
+        &self,
+        ledger: &Ledger,
+        resources: SandboxResources,
+        reading: Option<&PressureReading>,
+    ) -> Option<(RefusalReason, String)> {
+        let limits = &self.config;
+        if ledger.reservations.len() >= limits.max_sandboxes {
+            return Some((
+                RefusalReason::MaxSandboxes,
+                format!(
+                    "the limit of {} sandboxes is reached (setting max-sandboxes)",
+                    limits.max_sandboxes
+                ),
+            ));
+        }
+        if let Some(message) = self.cpu_shortfall(ledger, resources.vcpus) {
+            return Some((RefusalReason::Cpu, message));
+        }
+        let capacity = limits.capacity();
+        let available = capacity.memory_bytes.saturating_sub(ledger.memory_bytes);
+        if resources.memory_bytes > available {
+            return Some((
+                RefusalReason::Memory,
+                format!(
+                    "memory requested {} MiB, available {} MiB of {} MiB ({} MiB of host \
+                     memory × memory-overcommit {})",
+                    resources.memory_bytes / MIB,
+                    available / MIB,
+                    capacity.memory_bytes / MIB,
+                    limits.host.memory_bytes / MIB,
+                    limits.memory_overcommit
+                ),
+            ));
+        }
+        let reading = reading?;
+        if reading.memory_available_bytes < limits.min_available_memory_bytes {
+            return Some((
+                RefusalReason::MemoryPressure,
+                format!(
+                    "the host is short of memory: {} MiB available, below the floor of {} MiB \
+                     (setting min-available-memory-mb)",
+                    reading.memory_available_bytes / MIB,
+                    limits.min_available_memory_bytes / MIB
+                ),
+            ));
+        }
+        match reading.memory_full_avg10 {
+            Some(stalled) if stalled > limits.max_memory_full_pressure => Some((
+                RefusalReason::MemoryPressure,
+                format!(
+                    "the host is thrashing: every task stalled on memory {stalled:.1}% of the \
+                     last 10 s (PSI), above {}% (setting max-memory-pressure)",
+                    limits.max_memory_full_pressure
+                ),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Why `vcpus` more would not fit, if they would not.
+    fn cpu_shortfall(&self, ledger: &Ledger, vcpus: u32) -> Option<String> {
+        let capacity = u64::from(self.config.capacity().vcpus);
+        let available = capacity.saturating_sub(ledger.running_vcpus);
+        (u64::from(vcpus) > available).then(|| {
+            format!(
+                "CPU requested {vcpus}, available {available} of {capacity} vCPUs ({} host CPUs \
+                 × cpu-overcommit {})",
+                self.config.host.vcpus, self.config.cpu_overcommit
+            )
+        })
+    }
+
+    fn read_pressure(&self) -> Option<PressureReading> {
+        match self.pressure.read() {
+            Ok(reading) => Some(reading),
+            Err(error) => {
+                tracing::debug!(%error, "no memory pressure reading");
+                None
+            }
+        }
     }
 
     /// Record the reservation of a sandbox that already exists (found again after a restart),
     /// even past the limits: it is running whatever the ledger says, and new sandboxes are
     /// refused until enough capacity is free again. Idempotent.
-    pub fn admit_existing(&self, sandbox_id: &str, resources: SandboxResources) {
+    pub fn admit_existing(&self, sandbox_id: &str, resources: SandboxResources, holding: Holding) {
         let mut ledger = self.lock();
         if ledger.reservations.contains_key(sandbox_id) {
             return;
         }
-        if ledger.reservations.len() >= self.config.max_sessions {
-            tracing::warn!(sandbox = sandbox_id, "re-admitted past the session limit");
+        if ledger.reservations.len() >= self.config.max_sandboxes {
+            tracing::warn!(sandbox = sandbox_id, "re-admitted past the sandbox limit");
         }
-        ledger.used_vcpus += u64::from(resources.vcpus);
-        ledger.used_memory_bytes += resources.memory_bytes;
-        ledger.reservations.insert(sandbox_id.to_owned(), resources);
+        ledger.add(sandbox_id, Reservation { resources, holding });
+    }
+
+    /// A sandbox was frozen: it gives back its vCPUs and keeps its memory. Harmless for an
+    /// unknown or already paused id.
+    pub fn pause(&self, sandbox_id: &str) {
+        self.set_holding(sandbox_id, Holding::Paused);
+    }
+
+    /// A sandbox failed (a teardown to finish): it gives back its vCPUs and keeps its memory
+    /// until a delete releases it. Harmless for an unknown id.
+    pub fn fail(&self, sandbox_id: &str) {
+        self.set_holding(sandbox_id, Holding::Failed);
+    }
+
+    fn set_holding(&self, sandbox_id: &str, holding: Holding) {
+        let mut ledger = self.lock();
+        if let Some(reservation) = ledger.remove(sandbox_id) {
+            ledger.add(
+                sandbox_id,
+                Reservation {
+                    holding,
+                    ..reservation
+                },
+            );
+        }
+    }
+
+    /// A paused sandbox is about to be thawed: take its vCPUs back. Harmless for an unknown
+    /// or running id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CapacityRejected`] when its vCPUs no longer fit (the sandbox stays paused).
+    pub fn resume(&self, sandbox_id: &str) -> Result<()> {
+        let mut ledger = self.lock();
+        let Some(&reservation) = ledger.reservations.get(sandbox_id) else {
+            return Ok(());
+        };
+        if reservation.holding != Holding::Paused {
+            return Ok(());
+        }
+        if let Some(message) = self.cpu_shortfall(&ledger, reservation.resources.vcpus) {
+            return Err(ledger.refuse(
+                RefusalReason::Cpu,
+                format!("sandbox {sandbox_id} cannot resume: {message}"),
+            ));
+        }
+        ledger.remove(sandbox_id);
+        ledger.add(
+            sandbox_id,
+            Reservation {
+                holding: Holding::Running,
+                ..reservation
+            },
+        );
+        Ok(())
+    }
+
+    /// Count a refusal decided before the ledger (the disk floor), so that reports show it.
+    pub fn record_refusal(&self, reason: RefusalReason, message: &str) {
+        let _ = self.lock().refuse(reason, message.to_owned());
     }
 
     /// Return `sandbox_id`'s reservation, if it holds one. Releasing twice is harmless.
     pub fn release(&self, sandbox_id: &str) -> Option<SandboxResources> {
-        let mut ledger = self.lock();
-        let resources = ledger.reservations.remove(sandbox_id)?;
-        ledger.used_vcpus -= u64::from(resources.vcpus);
-        ledger.used_memory_bytes -= resources.memory_bytes;
-        Some(resources)
+        self.lock()
+            .remove(sandbox_id)
+            .map(|reservation| reservation.resources)
     }
 
     /// Whether `sandbox_id` holds a reservation.
@@ -123,13 +391,13 @@ impl SingleNodeScheduler {
         self.lock().reservations.len()
     }
 
-    /// Total reserved CPU and memory.
+    /// Reserved vCPUs (of running sandboxes) and memory (of all).
     #[must_use]
     pub fn used_resources(&self) -> SandboxResources {
         let ledger = self.lock();
         SandboxResources::new(
-            u32::try_from(ledger.used_vcpus).unwrap_or(u32::MAX),
-            ledger.used_memory_bytes,
+            u32::try_from(ledger.running_vcpus).unwrap_or(u32::MAX),
+            ledger.memory_bytes,
         )
     }
 
@@ -137,13 +405,35 @@ impl SingleNodeScheduler {
     #[must_use]
     pub fn available_resources(&self) -> SandboxResources {
         let used = self.used_resources();
+        let capacity = self.config.capacity();
         SandboxResources::new(
-            self.config.resources.vcpus.saturating_sub(used.vcpus),
-            self.config
-                .resources
-                .memory_bytes
-                .saturating_sub(used.memory_bytes),
+            capacity.vcpus.saturating_sub(used.vcpus),
+            capacity.memory_bytes.saturating_sub(used.memory_bytes),
         )
+    }
+
+    /// What admission holds now, with a fresh pressure reading.
+    #[must_use]
+    pub fn report(&self) -> CapacityReport {
+        let pressure = self.read_pressure();
+        let ledger = self.lock();
+        CapacityReport {
+            config: self.config,
+            capacity: self.config.capacity(),
+            admitted: ledger.reservations.len(),
+            paused: ledger.paused,
+            failed: ledger.failed,
+            reserved: SandboxResources::new(
+                u32::try_from(ledger.running_vcpus).unwrap_or(u32::MAX),
+                ledger.memory_bytes,
+            ),
+            pressure,
+            refusals: RefusalReason::ALL
+                .iter()
+                .map(|reason| (*reason, ledger.refusals.get(reason).copied().unwrap_or(0)))
+                .collect(),
+            last_refusal: ledger.last_refusal.clone(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Ledger> {
@@ -156,79 +446,4 @@ impl SingleNodeScheduler {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GIB: u64 = 1 << 30;
-
-    fn scheduler(sessions: usize, vcpus: u32, memory_gib: u64) -> SingleNodeScheduler {
-        SingleNodeScheduler::new(SingleNodeSchedulerConfig::new(
-            sessions,
-            SandboxResources::new(vcpus, memory_gib * GIB),
-        ))
-    }
-
-    #[test]
-    fn duplicate_admission_is_a_conflict_and_keeps_the_first() {
-        let scheduler = scheduler(2, 4, 8);
-        scheduler
-            .admit("one", SandboxResources::new(2, 2 * GIB))
-            .unwrap();
-        let error = scheduler
-            .admit("one", SandboxResources::new(1, GIB))
-            .unwrap_err();
-        assert!(matches!(error, Error::Conflict(_)), "{error}");
-        assert_eq!(scheduler.admitted_len(), 1);
-        assert_eq!(
-            scheduler.available_resources(),
-            SandboxResources::new(2, 6 * GIB)
-        );
-        assert_eq!(
-            scheduler.release("one"),
-            Some(SandboxResources::new(2, 2 * GIB))
-        );
-        assert_eq!(scheduler.release("one"), None);
-        assert_eq!(
-            scheduler.available_resources(),
-            SandboxResources::new(4, 8 * GIB)
-        );
-    }
-
-    #[test]
-    fn rejects_by_sessions_then_cpu_then_memory() {
-        let scheduler = scheduler(1, 4, 8);
-        scheduler.admit("a", SandboxResources::new(1, GIB)).unwrap();
-        let error = scheduler
-            .admit("b", SandboxResources::new(1, GIB))
-            .unwrap_err();
-        assert!(
-            error.to_string().contains("limit of 1 sandboxes"),
-            "{error}"
-        );
-
-        let scheduler = self::scheduler(4, 4, 8);
-        scheduler.admit("a", SandboxResources::new(3, GIB)).unwrap();
-        let error = scheduler
-            .admit("b", SandboxResources::new(2, GIB))
-            .unwrap_err();
-        assert!(
-            error.to_string().contains("CPU requested 2, available 1"),
-            "{error}"
-        );
-
-        let scheduler = self::scheduler(4, 8, 8);
-        scheduler
-            .admit("a", SandboxResources::new(1, 7 * GIB))
-            .unwrap();
-        let error = scheduler
-            .admit("b", SandboxResources::new(1, 2 * GIB))
-            .unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .contains("memory requested 2048 MiB, available 1024 MiB")
-        );
-        assert!(matches!(error, Error::CapacityRejected(_)));
-        assert_eq!(scheduler.admitted_len(), 1);
-    }
-}
+mod tests;

@@ -10,49 +10,91 @@ use crate::model::SandboxResources;
 
 const GIB: u64 = 1024 * 1024 * 1024;
 
-/// Admission limits: how many sandboxes, and how much CPU and memory they may reserve in all.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Admission limits: how many sandboxes, how far their CPU and memory caps may overcommit the
+/// host, and the live memory pressure at which creates stop.
+///
+/// A sandbox's vCPUs and memory are caps (a CFS quota, a memory cgroup limit), not
+/// reservations: an idle agent sandbox uses about 1 MiB of host memory and no CPU. Admission
+/// therefore lets the sum of caps exceed the host by the overcommit ratios, and protects the
+/// host with what it really has left ([`crate::PressureSource`]): below
+/// `min_available_memory_bytes` of `MemAvailable`, or above `max_memory_full_pressure` percent
+/// of PSI memory stall, new sandboxes are refused rather than running ones OOM-killed.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SingleNodeSchedulerConfig {
-    /// Most sandboxes admitted at once.
-    pub max_sessions: usize,
-    /// Total CPU and memory sandboxes may reserve.
-    pub resources: SandboxResources,
+    /// Most sandboxes admitted at once (running, paused and failed ones all count).
+    #[serde(alias = "max_sessions")]
+    pub max_sandboxes: usize,
+    /// What the host gives sandboxes before overcommit: its CPUs, and its memory less a
+    /// reserve for itself and the daemon.
+    pub host: SandboxResources,
+    /// Sandbox vCPUs admitted per host CPU (running sandboxes only: a paused one uses none).
+    pub cpu_overcommit: f64,
+    /// Bytes of sandbox memory limits admitted per byte of `host` memory.
+    pub memory_overcommit: f64,
+    /// Creates are refused while the host's `MemAvailable` is below this many bytes.
+    pub min_available_memory_bytes: u64,
+    /// ... or while PSI `full avg10` of memory is above this percent.
+    pub max_memory_full_pressure: f64,
 }
 
 impl SingleNodeSchedulerConfig {
-    /// Sessions admitted at once by default.
-    pub const DEFAULT_MAX_SESSIONS: usize = 64;
-    /// How many sandbox vCPUs one host CPU backs by default. A vCPU is a CFS quota, and
-    /// agent sandboxes idle most of the time, so CPU is overcommitted; memory is not.
-    pub const DEFAULT_CPU_OVERCOMMIT: u32 = 32;
+    /// Sandboxes admitted at once by default: a guard against a runaway client, above what
+    /// this kind of host holds idle (each sandbox also takes a network slot, a loop device,
+    /// a few mounts and ~2 MiB of host memory); memory pressure normally binds first.
+    pub const DEFAULT_MAX_SANDBOXES: usize = 2048;
+    /// Sandbox vCPUs per host CPU by default. CPU overcommit only ever slows sandboxes down
+    /// (the kernel shares CPUs fairly between cgroups), never loses work, and idle agent
+    /// sandboxes use none: the ratio only bounds how thinly a host's CPUs can be spread if
+    /// every sandbox turned busy at once. 1,024 lets a 2-CPU host hold 1,024 default
+    /// (2-vCPU) sandboxes.
+    pub const DEFAULT_CPU_OVERCOMMIT: f64 = 1024.0;
+    /// Bytes of memory limits per byte of host memory by default. Idle agent sandboxes use a
+    /// few percent of a 512 MiB cap; 32 admits ~1,380 default sandboxes on 24 GiB. If they
+    /// all grow at once, the pressure floor refuses further creates, and the OOM killer picks
+    /// sandbox commands (never envd, never the daemon).
+    pub const DEFAULT_MEMORY_OVERCOMMIT: f64 = 32.0;
     /// Memory kept back for the host and the daemon: this fraction (percent) of the host's
     /// memory, at least 512 MiB.
     pub const HOST_MEMORY_RESERVE_PERCENT: u64 = 10;
+    /// The `MemAvailable` floor by default: this percent of the host's memory, at least
+    /// 256 MiB.
+    pub const MIN_AVAILABLE_MEMORY_PERCENT: u64 = 5;
+    /// PSI memory `full avg10` above which creates are refused by default: for a tenth of
+    /// the last 10 s every runnable task waited on memory, which is a host already thrashing.
+    pub const DEFAULT_MAX_MEMORY_FULL_PRESSURE: f64 = 10.0;
 
-    /// Limits of `max_sessions` sandboxes and `resources` in total.
+    /// At most `max_sandboxes` sandboxes whose caps add up to at most `capacity`, without
+    /// overcommit and without a pressure check (for tests and embedders that meter
+    /// elsewhere).
     #[must_use]
-    pub const fn new(max_sessions: usize, resources: SandboxResources) -> Self {
+    pub const fn new(max_sandboxes: usize, capacity: SandboxResources) -> Self {
         Self {
-            max_sessions,
-            resources,
+            max_sandboxes,
+            host: capacity,
+            cpu_overcommit: 1.0,
+            memory_overcommit: 1.0,
+            min_available_memory_bytes: 0,
+            max_memory_full_pressure: 100.0,
         }
     }
 
-    /// Limits derived from a host with `cpus` CPUs and `memory_bytes` of memory.
+    /// The defaults for a host with `cpus` CPUs and `memory_bytes` of memory.
     #[must_use]
     pub fn for_host(cpus: u32, memory_bytes: u64) -> Self {
         let reserve = (memory_bytes / 100 * Self::HOST_MEMORY_RESERVE_PERCENT).max(512 << 20);
-        Self::new(
-            Self::DEFAULT_MAX_SESSIONS,
-            SandboxResources::new(
-                cpus.max(1).saturating_mul(Self::DEFAULT_CPU_OVERCOMMIT),
-                memory_bytes.saturating_sub(reserve),
-            ),
-        )
+        let floor = (memory_bytes / 100 * Self::MIN_AVAILABLE_MEMORY_PERCENT).max(256 << 20);
+        Self {
+            max_sandboxes: Self::DEFAULT_MAX_SANDBOXES,
+            host: SandboxResources::new(cpus.max(1), memory_bytes.saturating_sub(reserve)),
+            cpu_overcommit: Self::DEFAULT_CPU_OVERCOMMIT,
+            memory_overcommit: Self::DEFAULT_MEMORY_OVERCOMMIT,
+            min_available_memory_bytes: floor,
+            max_memory_full_pressure: Self::DEFAULT_MAX_MEMORY_FULL_PRESSURE,
+        }
     }
 
-    /// Limits derived from this machine (its usable CPUs and `MemTotal`).
+    /// The defaults for this machine (its usable CPUs and `MemTotal`).
     #[must_use]
     pub fn from_host() -> Self {
         let cpus = std::thread::available_parallelism()
@@ -62,15 +104,59 @@ impl SingleNodeSchedulerConfig {
 
     /// Most sandboxes admitted at once.
     #[must_use]
-    pub const fn max_sessions(&self) -> usize {
-        self.max_sessions
+    pub const fn max_sandboxes(&self) -> usize {
+        self.max_sandboxes
     }
 
-    /// Total capacity.
+    /// What the caps of admitted sandboxes may add up to: the host times the ratios.
     #[must_use]
-    pub const fn resources(&self) -> SandboxResources {
-        self.resources
+    pub fn capacity(&self) -> SandboxResources {
+        SandboxResources::new(
+            scale(u64::from(self.host.vcpus), self.cpu_overcommit)
+                .try_into()
+                .unwrap_or(u32::MAX),
+            scale(self.host.memory_bytes, self.memory_overcommit),
+        )
     }
+
+    /// Check the limits.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the first bad value.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.max_sandboxes == 0 {
+            return Err("max_sandboxes must be at least 1".to_owned());
+        }
+        for (name, ratio) in [
+            ("cpu_overcommit", self.cpu_overcommit),
+            ("memory_overcommit", self.memory_overcommit),
+        ] {
+            if !(ratio.is_finite() && (0.1..=100_000.0).contains(&ratio)) {
+                return Err(format!("{name} {ratio} must be between 0.1 and 100000"));
+            }
+        }
+        if !(0.0..=100.0).contains(&self.max_memory_full_pressure) {
+            return Err(format!(
+                "max_memory_full_pressure {} must be a percent (0 to 100)",
+                self.max_memory_full_pressure
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `value × ratio`, rounded down, saturating.
+fn scale(value: u64, ratio: f64) -> u64 {
+    // An f64 holds every capacity this computes to within a byte of rounding; the cast
+    // saturates at u64::MAX and maps NaN to 0 (validate refuses both ratios anyway).
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    let scaled = (value as f64 * ratio).floor() as u64;
+    scaled
 }
 
 impl Default for SingleNodeSchedulerConfig {
@@ -82,13 +168,11 @@ impl Default for SingleNodeSchedulerConfig {
 /// `MemTotal` from `/proc/meminfo`, in bytes.
 fn host_memory_bytes() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    crate::pressure::parse_meminfo(&meminfo).map(|(total, _)| total)
 }
 
 /// Everything one host's runtime needs to know.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SingleNodeConfig {
     /// State root: the SQLite database, its lock and managed artifacts live here.
@@ -197,11 +281,11 @@ impl SingleNodeConfig {
         if self.reaper_interval_ms == 0 {
             return bad("reaper_interval_ms must be at least 1".to_owned());
         }
-        if self.scheduler.max_sessions == 0 {
-            return bad("scheduler.max_sessions must be at least 1".to_owned());
+        if let Err(message) = self.scheduler.validate() {
+            return bad(format!("scheduler.{message}"));
         }
         self.default_sandbox_resources
-            .validate_for(&self.scheduler.resources)
+            .validate_for(&self.scheduler.capacity())
             .or_else(|error| bad(format!("default_sandbox_resources: {error}")))
     }
 }
@@ -229,15 +313,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn capacity_comes_from_the_host() {
+    fn capacity_comes_from_the_host_times_the_ratios() {
         let config = SingleNodeSchedulerConfig::for_host(2, 24 * GIB);
-        assert_eq!(config.resources.vcpus, 64);
-        assert!(config.resources.memory_bytes < 24 * GIB);
-        assert!(config.resources.memory_bytes > 20 * GIB);
+        assert_eq!(config.host.vcpus, 2);
+        assert!(config.host.memory_bytes < 24 * GIB);
+        assert!(config.host.memory_bytes > 20 * GIB);
+        // 1,000 default (2 vCPU, 512 MiB) sandboxes fit this 2-CPU, 24 GiB host.
+        let capacity = config.capacity();
+        assert_eq!(capacity.vcpus, 2048);
+        assert!(capacity.memory_bytes > 1000 * (512 << 20));
+        assert!(config.min_available_memory_bytes > GIB);
         let tiny = SingleNodeSchedulerConfig::for_host(1, GIB);
-        assert_eq!(tiny.resources.memory_bytes, GIB - (512 << 20));
+        assert_eq!(tiny.host.memory_bytes, GIB - (512 << 20));
+        assert_eq!(tiny.min_available_memory_bytes, 256 << 20);
         let here = SingleNodeSchedulerConfig::from_host();
-        assert!(here.resources.vcpus >= SingleNodeSchedulerConfig::DEFAULT_CPU_OVERCOMMIT);
+        assert!(here.capacity().vcpus >= 1024);
+        let plain = SingleNodeSchedulerConfig::new(3, SandboxResources::from_mib(4, 4096));
+        assert_eq!(plain.capacity(), SandboxResources::from_mib(4, 4096));
+    }
+
+    #[test]
+    fn bad_ratios_and_limits_are_named() {
+        let mut config = SingleNodeConfig::new("/tmp/x");
+        config.scheduler.memory_overcommit = 0.0;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("scheduler.memory_overcommit 0"), "{error}");
+        let mut config = SingleNodeConfig::new("/tmp/x");
+        config.scheduler.cpu_overcommit = f64::NAN;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("cpu_overcommit")
+        );
+        let mut config = SingleNodeConfig::new("/tmp/x");
+        config.scheduler.max_sandboxes = 0;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_sandboxes")
+        );
+        let mut config = SingleNodeConfig::new("/tmp/x");
+        config.scheduler.max_memory_full_pressure = 101.0;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("percent")
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! It owns the public model ([`SingleNodeCreateRequest`], [`SandboxSession`] and its state
 //! machine, [`SnapshotRecord`], ...), the host configuration ([`SingleNodeConfig`]),
-//! admission ([`SingleNodeScheduler`]), the disk-floor guard ([`DiskPressureGuard`]), durable
+//! admission ([`SingleNodeScheduler`], over-committing caps and watching the host's memory
+//! through a [`PressureSource`]), the disk-floor guard ([`DiskPressureGuard`]), durable
 //! state in SQLite ([`StateStore`], [`DurableStateStore`], [`LogStore`]), port routes
 //! ([`PortRegistry`]), the [`SingleNodeBackend`] facade with its deadline reaper, and the
 //! [`RuntimeDriver`] trait that a substrate (the Linux namespaces driver in `firkin-linux`)
@@ -37,11 +38,12 @@ mod id;
 mod model;
 mod phases;
 mod ports;
+mod pressure;
 mod reaper;
 mod state;
 pub mod testing;
 
-pub use admission::SingleNodeScheduler;
+pub use admission::{CapacityReport, Holding, Refusal, RefusalReason, SingleNodeScheduler};
 pub use backend::{
     ListOrder, ListPage, ListQuery, Reconciliation, SingleNodeBackend, SingleNodeBackendBuilder,
 };
@@ -59,6 +61,7 @@ pub use model::{
 };
 pub use phases::{PHASE_BUCKETS, PhaseHistogram, PhaseTimings};
 pub use ports::PortRegistry;
+pub use pressure::{FixedPressure, HostPressure, PressureReading, PressureSource};
 pub use reaper::{Reaped, ReaperHandle};
 pub use state::{
     ActiveSessionRecord, DurableStateStore, ImportSummary, LogStore, SeedState, StateStore,

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::admission::RefusalReason;
 use crate::backend::SingleNodeBackend;
 use crate::error::{Error, Result};
 use crate::model::{
@@ -60,9 +61,14 @@ impl SingleNodeBackend {
         }
         request
             .resources()
-            .validate_for(&self.shared.config.scheduler.resources)?;
+            .validate_for(&self.shared.config.scheduler.capacity())?;
         let deadline = self.deadline_after(request.timeout())?;
-        self.shared.disk.check(operation)?;
+        if let Err(error) = self.shared.disk.check(operation) {
+            self.shared
+                .scheduler
+                .record_refusal(RefusalReason::Disk, &error.to_string());
+            return Err(error);
+        }
 
         let _guard = self.lock_sandbox(&id).await;
         self.shared.scheduler.admit(&id, request.resources())?;
@@ -192,6 +198,7 @@ impl SingleNodeBackend {
     }
 
     pub(super) fn mark_failed(&self, id: &str, reason: &str) {
+        self.shared.scheduler.fail(id);
         let marked = self.shared.state.update_active(id, |record| {
             record.state = SandboxState::Failed;
             Ok(())
@@ -264,6 +271,7 @@ impl SingleNodeBackend {
             .transition(sandbox_id, SandboxState::Paused)
         {
             Ok(record) => {
+                self.shared.scheduler.pause(sandbox_id);
                 self.log(sandbox_id, LogLevel::Info, "sandbox paused".to_owned());
                 Ok(SandboxSession::new(record))
             }
@@ -301,7 +309,12 @@ impl SingleNodeBackend {
     ) -> Result<SandboxSession> {
         let deadline = self.deadline_after(timeout)?;
         self.require_transition(sandbox_id, SandboxState::Running)?;
-        self.shared.driver.resume(sandbox_id).await?;
+        // A paused sandbox gave its vCPUs back: it takes them again before it runs.
+        self.shared.scheduler.resume(sandbox_id)?;
+        if let Err(error) = self.shared.driver.resume(sandbox_id).await {
+            self.shared.scheduler.pause(sandbox_id);
+            return Err(error);
+        }
         let recorded = self.shared.state.update_active(sandbox_id, |record| {
             record.state = record.state.transition(sandbox_id, SandboxState::Running)?;
             record.end_at_unix_ms = deadline;
@@ -314,6 +327,7 @@ impl SingleNodeBackend {
                 Ok(SandboxSession::new(record))
             }
             Err(error) => {
+                self.shared.scheduler.pause(sandbox_id);
                 if let Err(pause_error) = self.shared.driver.pause(sandbox_id).await {
                     tracing::error!(sandbox = sandbox_id, %pause_error,
                         "could not re-freeze a sandbox whose resume was not recorded");

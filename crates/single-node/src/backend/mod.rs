@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::model::{LogEvent, LogLevel};
 use crate::phases::{PhaseHistogram, PhaseTimings};
 use crate::ports::PortRegistry;
+use crate::pressure::{HostPressure, PressureSource};
 use crate::state::{LogStore, StateStore};
 
 /// The backend facade. Cloning shares it.
@@ -65,6 +66,7 @@ pub struct SingleNodeBackendBuilder {
     disk: Option<DiskPressureGuard>,
     clock: Option<Arc<dyn Clock>>,
     ports: Option<PortRegistry>,
+    pressure: Option<Arc<dyn PressureSource>>,
 }
 
 impl SingleNodeBackendBuilder {
@@ -86,6 +88,13 @@ impl SingleNodeBackendBuilder {
     #[must_use]
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
+        self
+    }
+
+    /// Read the host's memory pressure from `pressure` instead of `/proc`.
+    #[must_use]
+    pub fn pressure(mut self, pressure: Arc<dyn PressureSource>) -> Self {
+        self.pressure = Some(pressure);
         self
     }
 
@@ -115,7 +124,11 @@ impl SingleNodeBackendBuilder {
         );
         let backend = SingleNodeBackend {
             shared: Arc::new(Shared {
-                scheduler: SingleNodeScheduler::new(self.config.scheduler),
+                scheduler: SingleNodeScheduler::new(
+                    self.config.scheduler,
+                    self.pressure
+                        .unwrap_or_else(|| Arc::new(HostPressure::new())),
+                ),
                 disk: self
                     .disk
                     .unwrap_or_else(|| DiskPressureGuard::from_config(&self.config)),
@@ -155,6 +168,7 @@ impl SingleNodeBackend {
             disk: None,
             clock: None,
             ports: None,
+            pressure: None,
         }
     }
 

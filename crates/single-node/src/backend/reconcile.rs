@@ -1,6 +1,7 @@
 //! Startup reconciliation: make the records, the ledger and the driver agree again after the
 //! daemon was stopped or killed.
 
+use crate::admission::Holding;
 use crate::backend::SingleNodeBackend;
 use crate::error::Result;
 use crate::model::{LogLevel, SandboxState};
@@ -24,10 +25,17 @@ impl SingleNodeBackend {
         for record in self.shared.state.load_active() {
             let id = record.sandbox_id.clone();
             let handle = record.runtime_handle.as_ref();
+            let holding = match record.state {
+                SandboxState::Paused => Holding::Paused,
+                SandboxState::Failed => Holding::Failed,
+                _ => Holding::Running,
+            };
             match record.state {
                 // The daemon died inside create or delete: whatever the driver built goes.
                 SandboxState::Creating | SandboxState::Stopping | SandboxState::Stopped => {
-                    self.shared.scheduler.admit_existing(&id, record.resources);
+                    self.shared
+                        .scheduler
+                        .admit_existing(&id, record.resources, holding);
                     match self.shared.driver.delete(&id, handle).await {
                         Ok(()) => {
                             self.shared.state.remove_active(&id)?;
@@ -44,11 +52,15 @@ impl SingleNodeBackend {
                     }
                 }
                 SandboxState::Failed => {
-                    self.shared.scheduler.admit_existing(&id, record.resources);
+                    self.shared
+                        .scheduler
+                        .admit_existing(&id, record.resources, holding);
                     report.failed.push(id);
                 }
                 SandboxState::Running | SandboxState::Paused if !record.runtime_attached => {
-                    self.shared.scheduler.admit_existing(&id, record.resources);
+                    self.shared
+                        .scheduler
+                        .admit_existing(&id, record.resources, holding);
                     report.adopted.push(id);
                 }
                 SandboxState::Running | SandboxState::Paused => {
@@ -59,7 +71,9 @@ impl SingleNodeBackend {
                         .await
                     {
                         Ok(true) => {
-                            self.shared.scheduler.admit_existing(&id, record.resources);
+                            self.shared
+                                .scheduler
+                                .admit_existing(&id, record.resources, holding);
                             self.log(
                                 &id,
                                 LogLevel::Info,
@@ -74,7 +88,9 @@ impl SingleNodeBackend {
                             report.vanished.push(id);
                         }
                         Err(error) => {
-                            self.shared.scheduler.admit_existing(&id, record.resources);
+                            self.shared
+                                .scheduler
+                                .admit_existing(&id, record.resources, holding);
                             self.mark_failed(
                                 &id,
                                 &format!("re-adoption after restart failed: {error}"),

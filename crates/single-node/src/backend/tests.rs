@@ -71,8 +71,18 @@ fn request(id: &str) -> SingleNodeCreateRequest {
 fn assert_consistent(h: &Harness) {
     let records = h.backend.state().load_active();
     assert_eq!(h.backend.scheduler().admitted_len(), records.len());
-    let vcpus: u32 = records.iter().map(|r| r.resources.vcpus).sum();
-    assert_eq!(h.backend.scheduler().used_resources().vcpus, vcpus);
+    // Paused and failed sandboxes hold their memory in the ledger, not their vCPUs.
+    let running = records
+        .iter()
+        .filter(|r| !matches!(r.state, SandboxState::Paused | SandboxState::Failed));
+    let vcpus: u32 = running.map(|r| r.resources.vcpus).sum();
+    let memory: u64 = records.iter().map(|r| r.resources.memory_bytes).sum();
+    assert_eq!(
+        h.backend.scheduler().used_resources(),
+        SandboxResources::new(vcpus, memory)
+    );
+    let paused = records.iter().filter(|r| r.state == SandboxState::Paused);
+    assert_eq!(h.backend.scheduler().report().paused, paused.count());
     let mut ids: Vec<String> = records
         .iter()
         .filter(|r| r.state != SandboxState::Failed)
