@@ -2,7 +2,8 @@
 //! same setting comes from a `FIRKIN_*` environment variable or a flag (file < environment <
 //! flag). Keys are the flags' names: `listen`, `state-dir`, `api-key-file`, `domain`, `envd-bin`,
 //! `tls-listen`, `warm-pool`, `slot-range`, `max-connections`, `egress-allow-private` (a list
-//! of CIDRs), `disk-size-mb`; and `api-key`, the key itself (there is no such flag: see
+//! of CIDRs), `disk-size-mb`, `max-sandboxes`, `cpu-overcommit`, `memory-overcommit`,
+//! `min-available-memory-mb`, `max-memory-pressure`; and `api-key`, the key itself (there is no such flag: see
 //! [`crate::api_key`]). An unknown key is an error, so a typo never goes unnoticed.
 
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use clap::ArgMatches;
 use clap::parser::ValueSource;
 
 /// What a `firkin.toml` may set.
-#[derive(Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Default, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(crate) struct FileConfig {
     pub(crate) listen: Option<SocketAddr>,
@@ -31,6 +32,41 @@ pub(crate) struct FileConfig {
     #[serde(default, deserialize_with = "private_ranges")]
     pub(crate) egress_allow_private: Option<Vec<firkin_linux::net::Ipv4Net>>,
     pub(crate) disk_size_mb: Option<u64>,
+    #[serde(default, deserialize_with = "max_sandboxes")]
+    pub(crate) max_sandboxes: Option<usize>,
+    #[serde(default, deserialize_with = "ratio")]
+    pub(crate) cpu_overcommit: Option<f64>,
+    #[serde(default, deserialize_with = "ratio")]
+    pub(crate) memory_overcommit: Option<f64>,
+    pub(crate) min_available_memory_mb: Option<u64>,
+    #[serde(default, deserialize_with = "percent")]
+    pub(crate) max_memory_pressure: Option<f64>,
+}
+
+/// `max-sandboxes = 1000`, at least 1 as the flag.
+fn max_sandboxes<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<usize>, D::Error> {
+    match <usize as serde::Deserialize>::deserialize(deserializer)? {
+        0 => Err(serde::de::Error::custom("max-sandboxes must be at least 1")),
+        n => Ok(Some(n)),
+    }
+}
+
+/// `cpu-overcommit = 64` or `memory-overcommit = 1.5`, checked as the flags are.
+fn ratio<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    let value = <f64 as serde::Deserialize>::deserialize(deserializer)?;
+    crate::capacity_args::ratio(&value.to_string())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// `max-memory-pressure = 20`, a percent.
+fn percent<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    let value = <f64 as serde::Deserialize>::deserialize(deserializer)?;
+    crate::capacity_args::percent(&value.to_string())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// `max-connections = 4096`, at least 1 as the flag.

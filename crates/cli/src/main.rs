@@ -8,7 +8,9 @@
 #![deny(unsafe_code)]
 
 mod api_key;
+mod capacity_args;
 mod config_file;
+mod doctor_capacity;
 mod sandbox_cmd;
 mod serve;
 mod state_cmd;
@@ -69,10 +71,16 @@ enum Command {
         #[command(subcommand)]
         command: sandbox_cmd::SandboxCommand,
     },
-    /// Check which kernel features this host has, and what does not work without them.
+    /// Check which kernel features this host has, and what does not work without them; show
+    /// the admission capacity, the host's memory pressure, and (if a daemon answers at
+    /// `--url`) what it admitted and why it last refused.
     ///
     /// Always exits 0: a missing feature is reported, not an error.
-    Doctor,
+    Doctor {
+        /// The daemon to ask for its admission state (its public `/metrics`).
+        #[arg(long, env = "FIRKIN_URL", default_value = "http://127.0.0.1:49980")]
+        url: String,
+    },
 }
 
 #[allow(unsafe_code)]
@@ -130,7 +138,7 @@ fn main() -> ExitCode {
                 other => other.map(|_| ()),
             }
         }
-        Command::Doctor => doctor(cli.json),
+        Command::Doctor { url } => doctor(&url, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,17 +151,19 @@ fn main() -> ExitCode {
 
 /// `firkin doctor`: the report as a table, or as JSON with `--json` (the summary line then goes
 /// to stderr, so stdout stays one JSON document).
-fn doctor(json: bool) -> anyhow::Result<()> {
+fn doctor(url: &str, json: bool) -> anyhow::Result<()> {
     let report = firkin_linux::doctor::DoctorReport::run();
+    let capacity = doctor_capacity::CapacitySection::probe(url);
     if json {
         let mut value = serde_json::to_value(&report)?;
+        value["capacity"] = capacity.to_json();
         value["passed"] = report.passed().into();
         value["failed"] = (report.checks.len() - report.passed()).into();
         value["summary"] = report.summary().into();
         println!("{}", serde_json::to_string_pretty(&value)?);
         eprintln!("{}", report.summary());
     } else {
-        print!("{report}");
+        print!("{capacity}\n{report}");
     }
     Ok(())
 }

@@ -72,6 +72,9 @@ pub(crate) struct ServeArgs {
     /// system). Default: 10240 (10 GiB).
     #[arg(long, env = "FIRKIN_DISK_SIZE_MB", default_value_t = firkin_linux::driver::DEFAULT_DISK_SIZE_MB)]
     disk_size_mb: u64,
+    /// Admission: how many sandboxes, overcommit, memory pressure.
+    #[command(flatten)]
+    capacity: crate::capacity_args::CapacityArgs,
 }
 
 /// A count of 1 or more.
@@ -95,6 +98,7 @@ impl ServeArgs {
         file: crate::config_file::FileConfig,
         matches: &clap::ArgMatches,
     ) {
+        self.capacity.apply_file(&file, matches);
         let unset = |id| crate::config_file::unset(matches, id);
         if let Some(listen) = file.listen.filter(|_| unset("listen")) {
             self.listen = listen;
@@ -206,7 +210,9 @@ async fn serve(
     let driver = NamespaceDriver::for_state(driver_config, &store)
         .await
         .context("start the Linux driver")?;
-    let backend = SingleNodeBackend::builder(SingleNodeConfig::new(state_dir), Arc::new(driver))
+    let scheduler = args.capacity.scheduler();
+    let backend_config = SingleNodeConfig::new(state_dir).with_scheduler(scheduler);
+    let backend = SingleNodeBackend::builder(backend_config, Arc::new(driver))
         .state(store)
         .build()
         .await
@@ -246,6 +252,10 @@ async fn serve(
         started.elapsed(),
         report.adopted.len(),
         report.reclaimed.len() + report.vanished.len(),
+    );
+    eprintln!(
+        "firkin serve: {}",
+        crate::capacity_args::describe(&scheduler)
     );
     eprintln!("Use it from the E2B SDKs with:");
     println!("export E2B_API_URL=http://{address}");

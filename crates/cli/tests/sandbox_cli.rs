@@ -60,11 +60,11 @@ mod tests {
             .unwrap()
             .port();
         // Settings from a file, under the flags: its listen address is overridden by --listen,
-        // its API key is used.
+        // its API key and its sandbox limit are used.
         let config = state.path().join("firkin.toml");
         std::fs::write(
             &config,
-            "listen = \"127.0.0.1:1\"\napi-key = \"key-from-the-file\"\n",
+            "listen = \"127.0.0.1:1\"\napi-key = \"key-from-the-file\"\nmax-sandboxes = 1\n",
         )
         .unwrap();
         // It holds the key: only its owner may read it.
@@ -153,6 +153,31 @@ mod tests {
         .trim()
         .to_owned();
         assert_eq!(id.len(), 20, "{id}");
+        // The file's `max-sandboxes = 1` holds: a second sandbox is refused, saying why, and
+        // `firkin doctor` asks the daemon and tells.
+        let refused = firkin(&daemon, &["create"]);
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("429") && stderr.contains("the limit of 1 sandboxes is reached"),
+            "{stderr}"
+        );
+        let doctor = Command::new(env!("CARGO_BIN_EXE_firkin"))
+            .args(["doctor", "--url", &daemon.url])
+            .output()
+            .unwrap();
+        let report = ok(&doctor);
+        let line = report
+            .lines()
+            .find(|line| line.contains("daemon at"))
+            .unwrap_or_else(|| panic!("no daemon line in:\n{report}"));
+        assert!(
+            line.contains("1 admitted (0 paused) of 1;")
+                && line.contains("refused: max_sandboxes 1")
+                && line.contains("last refusal: sandbox")
+                && line.contains("(setting max-sandboxes)"),
+            "{line}"
+        );
         // With the daemon and a sandbox running, no command line shows the API key.
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();

@@ -1,11 +1,11 @@
 //! The daemon's own Prometheus metrics (`GET /metrics`, text exposition format 0.0.4):
 //! sandboxes by state, the driver's pools, create latency as histograms (in all and per
-//! phase), proxy traffic.
+//! phase), admission (capacity, what is admitted, the host's memory, refusals), proxy traffic.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use firkin_single_node::{ListQuery, PHASE_BUCKETS, PhaseHistogram, SandboxState};
+use firkin_single_node::{CapacityReport, ListQuery, PHASE_BUCKETS, PhaseHistogram, SandboxState};
 
 use crate::AppState;
 
@@ -97,6 +97,7 @@ pub fn render(state: &AppState) -> String {
         write_header(&mut out, name, "gauge", help);
         let _ = writeln!(out, "{name} {value}");
     }
+    write_capacity(&mut out, &state.backend.scheduler().report());
     let phases = state.backend.create_phases();
     write_header(
         &mut out,
@@ -173,9 +174,114 @@ pub fn render(state: &AppState) -> String {
     out
 }
 
+/// Admission: the limits, what is admitted, the host's memory, refusals and the last one.
+fn write_capacity(out: &mut String, report: &CapacityReport) {
+    let gauges: [(&str, &str, String); 9] = [
+        (
+            "firkin_capacity_max_sandboxes",
+            "Most sandboxes admitted at once (max-sandboxes).",
+            report.config.max_sandboxes.to_string(),
+        ),
+        (
+            "firkin_capacity_vcpus",
+            "vCPU caps admissible in all: host CPUs times cpu-overcommit.",
+            report.capacity.vcpus.to_string(),
+        ),
+        (
+            "firkin_capacity_memory_bytes",
+            "Memory caps admissible in all: host memory (less a reserve) times memory-overcommit.",
+            report.capacity.memory_bytes.to_string(),
+        ),
+        (
+            "firkin_admitted_sandboxes",
+            "Sandboxes holding an admission (running, paused, being created or failed).",
+            report.admitted.to_string(),
+        ),
+        (
+            "firkin_admitted_paused_sandboxes",
+            "Admitted sandboxes that are paused: their memory caps count, their vCPUs do not.",
+            report.paused.to_string(),
+        ),
+        (
+            "firkin_admitted_vcpus",
+            "vCPU caps of admitted running sandboxes.",
+            report.reserved.vcpus.to_string(),
+        ),
+        (
+            "firkin_admitted_memory_bytes",
+            "Memory caps of admitted sandboxes.",
+            report.reserved.memory_bytes.to_string(),
+        ),
+        (
+            "firkin_host_memory_available_bytes",
+            "The host's MemAvailable at this scrape (creates stop below min-available-memory-mb).",
+            report.pressure.map_or_else(
+                || "NaN".to_owned(),
+                |p| p.memory_available_bytes.to_string(),
+            ),
+        ),
+        (
+            "firkin_host_memory_full_pressure_percent",
+            "PSI memory full avg10 at this scrape (creates stop above max-memory-pressure).",
+            report
+                .pressure
+                .and_then(|p| p.memory_full_avg10)
+                .map_or_else(|| "NaN".to_owned(), |stall| stall.to_string()),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        write_header(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    write_header(
+        out,
+        "firkin_admission_refusals_total",
+        "counter",
+        "Creates refused for capacity, by reason.",
+    );
+    for (reason, n) in &report.refusals {
+        let _ = writeln!(
+            out,
+            "firkin_admission_refusals_total{{reason=\"{}\"}} {n}",
+            reason.as_str()
+        );
+    }
+    if let Some(last) = &report.last_refusal {
+        write_header(
+            out,
+            "firkin_admission_last_refusal",
+            "gauge",
+            "When the last refusal happened (Unix seconds), with its reason and message.",
+        );
+        let _ = writeln!(
+            out,
+            "firkin_admission_last_refusal{{reason=\"{}\",message=\"{}\"}} {}",
+            last.reason.as_str(),
+            escape_label(&last.message),
+            last.at_unix_ms / 1000
+        );
+    }
+}
+
+/// A label value in the exposition format: backslash, double quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_message_is_a_valid_label_value() {
+        assert_eq!(
+            escape_label("a \"quoted\" C:\\path\nnext"),
+            "a \\\"quoted\\\" C:\\\\path\\nnext"
+        );
+    }
 
     #[test]
     fn a_histogram_is_written_cumulatively_with_its_labels() {
