@@ -180,6 +180,14 @@ pub(crate) fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
             path.display()
         );
     }
+    match firkin_linux::sandbox::spawn::protect_daemon_from_oom() {
+        Ok(true) => {}
+        Ok(false) => eprintln!(
+            "firkin serve: no CAP_SYS_RESOURCE: the daemon cannot keep itself out of the OOM \
+             killer's reach"
+        ),
+        Err(error) => eprintln!("firkin serve: cannot set the daemon's oom_score_adj: {error}"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -153,6 +153,16 @@ mod tests {
         .trim()
         .to_owned();
         assert_eq!(id.len(), 20, "{id}");
+        // The daemon keeps itself out of the OOM killer's reach where it may (with
+        // CAP_SYS_RESOURCE); its sandboxes do not inherit that (the limits tests check what
+        // they get). Without the capability it keeps the value it was started with, ours.
+        let adj = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+        use firkin_linux::sandbox::spawn::{OomProtection, envd_oom_protection};
+        let expected = match envd_oom_protection() {
+            OomProtection::EnvdLowered => "-1000\n".to_owned(),
+            OomProtection::ChildrenRaised => adj(std::process::id()),
+        };
+        assert_eq!(adj(daemon.child.id()), expected);
         // The file's `max-sandboxes = 1` holds: a second sandbox is refused, saying why, and
         // `firkin doctor` asks the daemon and tells.
         let refused = firkin(&daemon, &["create"]);

@@ -98,6 +98,17 @@ pub fn render(state: &AppState) -> String {
         let _ = writeln!(out, "{name} {value}");
     }
     write_capacity(&mut out, &state.backend.scheduler().report());
+    write_header(
+        &mut out,
+        "firkin_sandbox_oom_kills_total",
+        "counter",
+        "Sandbox processes the kernel's OOM killer took since the daemon started (each is in its sandbox's log).",
+    );
+    let _ = writeln!(
+        out,
+        "firkin_sandbox_oom_kills_total {}",
+        state.backend.oom_kills_total()
+    );
     let phases = state.backend.create_phases();
     write_header(
         &mut out,

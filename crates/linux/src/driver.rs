@@ -867,6 +867,13 @@ impl RuntimeDriver for NamespaceDriver {
         self.with_cgroup(sandbox_id, |cgroup| cgroup.thaw().map_err(launch_failed))
             .await
     }
+
+    async fn oom_kills(&self, sandbox_id: &str) -> Result<Option<u64>> {
+        self.with_cgroup(sandbox_id, |cgroup| {
+            cgroup.oom_kills().map_err(launch_failed)
+        })
+        .await
+    }
 }
 
 impl NamespaceDriver {

@@ -167,6 +167,21 @@ except OSError as e:
         }
         assert_eq!(sh(*hog, hog_token, "echo alive").trim(), "alive");
         assert_eq!(sh(*neighbour, neighbour_token, "echo fine").trim(), "fine");
+        // Not silently: the hog's log says the kernel killed one of its processes, and the
+        // neighbour's says nothing of the kind.
+        let fresh = backend.check_oom_kills().await;
+        assert!(
+            matches!(fresh.as_slice(), [(id, n)] if id == hog_id && *n >= 1),
+            "{fresh:?}"
+        );
+        let logged = backend.sandbox_logs(hog_id, None, 100).unwrap();
+        assert!(
+            logged.iter().any(
+                |event| event.message.contains("out of memory: the kernel killed")
+                    && event.message.contains("memory limit of 64 MiB")
+            ),
+            "{logged:?}"
+        );
 
         // The fork bomb: refused (EAGAIN) before the PID limit; envd's own processes count.
         let out = sh(*hog, hog_token, FORK_BOMB);

@@ -92,6 +92,13 @@ pub trait RuntimeDriver: Send + Sync + std::fmt::Debug + 'static {
         Err(self.unsupported("report metrics", sandbox_id))
     }
 
+    /// How many of a sandbox's processes the kernel's OOM killer has killed since it
+    /// started; `None` when the driver cannot tell.
+    async fn oom_kills(&self, sandbox_id: &str) -> Result<Option<u64>> {
+        let _ = sandbox_id;
+        Ok(None)
+    }
+
     /// What the driver keeps ready for sandboxes to come (nothing, unless it pools).
     fn pools(&self) -> RuntimePools {
         RuntimePools::default()

@@ -62,7 +62,7 @@ pub use model::{
 pub use phases::{PHASE_BUCKETS, PhaseHistogram, PhaseTimings};
 pub use ports::PortRegistry;
 pub use pressure::{FixedPressure, HostPressure, PressureReading, PressureSource};
-pub use reaper::{Reaped, ReaperHandle};
+pub use reaper::{OOM_CHECK_INTERVAL, Reaped, ReaperHandle};
 pub use state::{
     ActiveSessionRecord, DurableStateStore, ImportSummary, LogStore, SeedState, StateStore,
     StoredState, import_seed_dir,

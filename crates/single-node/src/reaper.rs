@@ -1,5 +1,5 @@
 //! The deadline reaper: kills (or pauses, when the sandbox asked for it) running sandboxes
-//! whose deadline has passed.
+//! whose deadline has passed, and now and then logs the OOM kills of sandboxes.
 
 use std::time::Duration;
 
@@ -8,6 +8,9 @@ use tokio::task::JoinHandle;
 use crate::backend::SingleNodeBackend;
 use crate::error::{Error, Result};
 use crate::model::TimeoutAction;
+
+/// How often the reaper asks the driver about OOM kills: one small file per sandbox.
+pub const OOM_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the reaper did to one sandbox.
 #[derive(Debug)]
@@ -87,16 +90,22 @@ impl SingleNodeBackend {
     }
 
     /// Run [`SingleNodeBackend::reap_due`] every `reaper_interval_ms`, and at once when a
-    /// deadline changes, until the handle is dropped. Needs a Tokio runtime.
+    /// deadline changes, and [`SingleNodeBackend::check_oom_kills`] every
+    /// [`OOM_CHECK_INTERVAL`], until the handle is dropped. Needs a Tokio runtime.
     #[must_use]
     pub fn spawn_reaper(&self) -> ReaperHandle {
         let backend = self.clone();
         let interval = Duration::from_millis(self.config().reaper_interval_ms);
         let task = tokio::spawn(async move {
+            let mut oom_checked = tokio::time::Instant::now();
             loop {
                 let _ = tokio::time::timeout(interval, backend.shared.deadlines_changed.notified())
                     .await;
                 backend.reap_due().await;
+                if oom_checked.elapsed() >= OOM_CHECK_INTERVAL {
+                    backend.check_oom_kills().await;
+                    oom_checked = tokio::time::Instant::now();
+                }
             }
         });
         ReaperHandle { task }

@@ -125,6 +125,7 @@ struct Table {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct FakeSandbox {
     paused: bool,
+    oom_kills: u64,
 }
 
 impl FakeDriver {
@@ -176,6 +177,13 @@ impl FakeDriver {
             .live
             .get(id)
             .is_some_and(|sandbox| sandbox.paused)
+    }
+
+    /// Pretend the kernel's OOM killer has taken `total` processes of a live sandbox so far.
+    pub fn set_oom_kills(&self, id: &str, total: u64) {
+        if let Some(sandbox) = self.table().live.get_mut(id) {
+            sandbox.oom_kills = total;
+        }
     }
 
     /// Make a sandbox vanish behind the backend's back (as if it crashed).
@@ -354,6 +362,14 @@ impl RuntimeDriver for FakeDriver {
     async fn resume(&self, sandbox_id: &str) -> Result<()> {
         self.enter(FakeOp::Resume, sandbox_id).await?;
         self.set_paused(sandbox_id, false)
+    }
+
+    async fn oom_kills(&self, sandbox_id: &str) -> Result<Option<u64>> {
+        self.table()
+            .live
+            .get(sandbox_id)
+            .map(|sandbox| Some(sandbox.oom_kills))
+            .ok_or_else(|| Error::SandboxNotFound(sandbox_id.to_owned()))
     }
 
     async fn snapshot(&self, sandbox_id: &str, snapshot_id: &str) -> Result<RuntimeSnapshotRef> {

@@ -284,6 +284,28 @@ fn protect_from_oom(pid: u32) -> Result<(), LaunchError> {
     )))
 }
 
+/// The daemon's own `oom_score_adj`: never the OOM killer's choice, so that a host short of
+/// memory loses a sandbox's process rather than the process that keeps every sandbox's
+/// state. Sandboxes do not inherit it: [`launch`] writes envd's value into the helper
+/// before it starts PID 1, which also raises the floor (`oom_score_adj_min`) their
+/// processes could lower themselves to.
+pub const DAEMON_OOM_SCORE_ADJ: i32 = -1000;
+
+/// Put the calling process out of the OOM killer's reach ([`DAEMON_OOM_SCORE_ADJ`]), for a
+/// daemon; an embedder decides for its own process. `Ok(false)` without `CAP_SYS_RESOURCE`
+/// (nothing is written: sandboxes then protect envd by raising its commands instead).
+///
+/// # Errors
+///
+/// The write to `/proc/self/oom_score_adj`.
+pub fn protect_daemon_from_oom() -> std::io::Result<bool> {
+    if envd_oom_protection() != OomProtection::EnvdLowered {
+        return Ok(false);
+    }
+    std::fs::write("/proc/self/oom_score_adj", DAEMON_OOM_SCORE_ADJ.to_string())?;
+    Ok(true)
+}
+
 /// Whether this thread may lower an `oom_score_adj` (`CAP_SYS_RESOURCE` is effective).
 fn may_lower_oom_score_adj() -> bool {
     rustix::thread::capabilities(None).is_ok_and(|sets| {

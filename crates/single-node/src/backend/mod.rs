@@ -7,6 +7,7 @@
 //! proceed in parallel.
 
 mod lifecycle;
+mod oom;
 mod query;
 mod reconcile;
 mod snapshot;
@@ -55,6 +56,9 @@ pub(crate) struct Shared {
     reconciliation: Mutex<Reconciliation>,
     /// Per-phase timings of successful creates.
     pub(crate) create_phases: PhaseTimings,
+    /// OOM kills last seen per live sandbox, and their total since the start.
+    oom_kills_seen: Mutex<HashMap<String, u64>>,
+    oom_kills_total: std::sync::atomic::AtomicU64,
 }
 
 /// Builds a [`SingleNodeBackend`]; every part not given comes from the configuration.
@@ -142,6 +146,8 @@ impl SingleNodeBackendBuilder {
                 deadlines_changed: Notify::new(),
                 reconciliation: Mutex::new(Reconciliation::default()),
                 create_phases: PhaseTimings::default(),
+                oom_kills_seen: Mutex::new(HashMap::new()),
+                oom_kills_total: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         let report = backend.reconcile_on_start().await?;

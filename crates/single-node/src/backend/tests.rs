@@ -799,3 +799,41 @@ async fn a_create_the_caller_stops_waiting_for_still_finishes() {
     assert_eq!(h.driver.live(), ["late"]);
     assert_consistent(&h);
 }
+
+#[tokio::test]
+async fn oom_kills_are_logged_once_each_in_the_sandboxs_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(dir.path()).await;
+    h.backend.create(request("one")).await.unwrap();
+    h.backend.create(request("two")).await.unwrap();
+    assert!(h.backend.check_oom_kills().await.is_empty());
+
+    h.driver.set_oom_kills("one", 2);
+    assert_eq!(h.backend.check_oom_kills().await, [("one".to_owned(), 2)]);
+    // Seen already: not logged again.
+    assert!(h.backend.check_oom_kills().await.is_empty());
+    h.driver.set_oom_kills("one", 3);
+    assert_eq!(h.backend.check_oom_kills().await, [("one".to_owned(), 1)]);
+    assert_eq!(h.backend.oom_kills_total(), 3);
+
+    let warnings: Vec<String> = h
+        .backend
+        .sandbox_logs("one", None, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.level == crate::LogLevel::Warn)
+        .map(|event| event.message)
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[1]
+            .contains("killed 3 processes of this sandbox so far, at its memory limit of 512 MiB"),
+        "{warnings:?}"
+    );
+    let two = h.backend.sandbox_logs("two", None, 100).unwrap();
+    assert!(
+        two.iter().all(|event| event.level != crate::LogLevel::Warn),
+        "{two:?}"
+    );
+    assert_consistent(&h);
+}
