@@ -1,7 +1,7 @@
 //! `firkin.toml`: the lowest layer of the daemon's settings. A key set here is used unless the
 //! same setting comes from a `FIRKIN_*` environment variable or a flag (file < environment <
 //! flag). Keys are the flags' names: `listen`, `state-dir`, `api-key-file`, `domain`, `envd-bin`,
-//! `tls-listen`, `warm-pool`, `slot-range`, `max-connections`, `egress-allow-private` (a list
+//! `tls-listen`, `warm-pool`, `warm-pool-max`, `slot-range`, `max-connections`, `egress-allow-private` (a list
 //! of CIDRs), `disk-size-mb`, `max-sandboxes`, `cpu-overcommit`, `memory-overcommit`,
 //! `min-available-memory-mb`, `max-memory-pressure`; and `api-key`, the key itself (there is no such flag: see
 //! [`crate::api_key`]). An unknown key is an error, so a typo never goes unnoticed.
@@ -25,6 +25,7 @@ pub(crate) struct FileConfig {
     pub(crate) envd_bin: Option<PathBuf>,
     pub(crate) tls_listen: Option<SocketAddr>,
     pub(crate) warm_pool: Option<usize>,
+    pub(crate) warm_pool_max: Option<usize>,
     #[serde(default, deserialize_with = "slot_range")]
     pub(crate) slot_range: Option<firkin_linux::net::Ipv4Net>,
     #[serde(default, deserialize_with = "max_connections")]

@@ -43,6 +43,10 @@ pub(crate) struct ServeArgs {
     /// one network slot each while they wait); 0 starts every sandbox at its create.
     #[arg(long, env = "FIRKIN_WARM_POOL", default_value_t = 2)]
     warm_pool: usize,
+    /// How far the warm pool grows while creates find it empty (bursts): each such create
+    /// adds one, up to this; a minute without one shrinks it back to --warm-pool step by step.
+    #[arg(long, env = "FIRKIN_WARM_POOL_MAX", default_value_t = firkin_linux::driver::DEFAULT_WARM_POOL_MAX)]
+    warm_pool_max: usize,
     /// Private IPv4 range the sandboxes' network slots are cut from (a /30 each); two daemons
     /// on one host need ranges that do not overlap. Default: 10.200.0.0/16.
     #[arg(long, env = "FIRKIN_SLOT_RANGE")]
@@ -118,6 +122,9 @@ impl ServeArgs {
         }
         if let Some(warm_pool) = file.warm_pool.filter(|_| unset("warm_pool")) {
             self.warm_pool = warm_pool;
+        }
+        if let Some(max) = file.warm_pool_max.filter(|_| unset("warm_pool_max")) {
+            self.warm_pool_max = max;
         }
         if unset("slot_range") {
             self.slot_range = file.slot_range.or(self.slot_range.take());
@@ -206,6 +213,7 @@ async fn serve(
     let helper = std::env::current_exe().context("find this executable")?;
     let mut driver_config = NamespaceConfig::new(state_dir, envd, helper);
     driver_config.warm_pool = args.warm_pool;
+    driver_config.warm_pool_max = args.warm_pool_max;
     driver_config.disk_size_mb = args.disk_size_mb;
     if let Some(range) = args.slot_range {
         driver_config.net.range = range;

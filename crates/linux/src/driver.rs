@@ -69,13 +69,24 @@ pub struct NamespaceConfig {
     pub pids_max: u64,
     /// Whether sandboxes of `base` run with `no_new_privs` (then `sudo` does not work).
     pub no_new_privs: bool,
-    /// How many sandboxes are kept started ahead, so that a create only hands one out
-    /// (see [`crate::warm`]); 0 makes every create start its sandbox.
+    /// How many sandboxes are kept started ahead at least, so that a create only hands one
+    /// out (see [`crate::warm`]); 0 makes every create start its sandbox.
     pub warm_pool: usize,
+    /// How many the pool may grow to while creates find it empty (bursts); below
+    /// `warm_pool`, it is `warm_pool`.
+    pub warm_pool_max: usize,
+    /// How long the pool stays above `warm_pool` with no create finding it empty before it
+    /// shrinks back, one sandbox per such period (at most every 5 s).
+    pub warm_pool_idle: Duration,
     /// The disk each sandbox gets, MiB (see [`crate::disk`]); 0: no limit, sandboxes write
     /// to the state file system until it is full.
     pub disk_size_mb: u64,
 }
+
+/// The default ceiling of the warm pool: enough for a burst of a few dozen creates to be
+/// handed out warm once the pool has seen one, about 1.3 MiB and a network slot each while
+/// they wait, given back a minute after the last burst (`warm_pool_idle`).
+pub const DEFAULT_WARM_POOL_MAX: usize = 32;
 
 /// The default disk of a sandbox, MiB: 10 GiB, more than E2B's base sandboxes get (a few
 /// GiB), so that what ran there fits here; the images are sparse, so it costs the host only
@@ -110,6 +121,8 @@ impl NamespaceConfig {
             pids_max: 4096,
             no_new_privs: false,
             warm_pool: 2,
+            warm_pool_max: DEFAULT_WARM_POOL_MAX,
+            warm_pool_idle: Duration::from_secs(60),
             disk_size_mb: DEFAULT_DISK_SIZE_MB,
         }
     }
@@ -192,7 +205,7 @@ impl NamespaceDriver {
         let slots = SlotPool::start(config.net.clone(), &keep)
             .await
             .map_err(launch_failed)?;
-        let warm_size = config.warm_pool;
+        let (warm_floor, warm_ceiling) = (config.warm_pool, config.warm_pool_max);
         let core = Arc::new(Core {
             config,
             layout,
@@ -203,7 +216,7 @@ impl NamespaceDriver {
             removals: Arc::new(AtomicUsize::new(0)),
         });
         Ok(Self {
-            warm: WarmPool::start(Arc::clone(&core), warm_size),
+            warm: WarmPool::start(Arc::clone(&core), warm_floor, warm_ceiling),
             core,
             live: Mutex::new(HashMap::new()),
         })
@@ -842,7 +855,7 @@ impl RuntimeDriver for NamespaceDriver {
     fn pools(&self) -> RuntimePools {
         RuntimePools {
             warm_ready: self.warm.ready(),
-            warm_target: self.core.config.warm_pool,
+            warm_target: self.warm.target(),
             spare_slots: self.core.slots.ready(),
         }
     }

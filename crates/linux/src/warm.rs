@@ -6,12 +6,15 @@
 //! out ([`crate::driver`]'s create) writes the request's limits into its cgroup, sets its
 //! hostname and `/etc/hosts` to the sandbox id, sets the slot's egress, and checks that envd
 //! still answers; no process but envd has run in it before. A cold create does the whole
-//! launch instead (3–5 ms of helper, cgroup joins and envd start-up on this kind of host).
+//! launch instead.
 //!
-//! The pool is refilled one sandbox at a time in the background. Its sandboxes are no user's:
-//! [`WarmPool::shutdown`] tears them down, and after a crash the next driver's start-up
-//! reclaims them with any other leftover of its state directory (their directories are
-//! there and no stored handle owns them).
+//! The pool's size follows demand between a floor and a ceiling: every create that finds
+//! the pool empty raises the target by one (a burst of 20 creates leaves 20 ready for the
+//! next), and after `warm_pool_idle` (a minute) without such a miss the target steps back
+//! down to the floor, tearing down what is then surplus. The filler starts up to one sandbox per CPU
+//! at once. Its sandboxes are no user's: [`WarmPool::shutdown`] tears them down, and after a
+//! crash the next driver's start-up reclaims them with any other leftover of its state
+//! directory (their directories are there and no stored handle owns them).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,7 +22,8 @@ use std::time::Duration;
 
 use firkin_single_node::Result;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 use crate::cgroup::CgroupLimits;
 use crate::driver::{Core, Started};
@@ -27,8 +31,10 @@ use crate::driver::{Core, Started};
 /// The first wait after a failed start; it doubles up to [`MAX_RETRY`] while starts fail.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// After `warm_pool_idle` without a miss the target steps down by one at most this often.
+const SHRINK_STEP: Duration = Duration::from_secs(5);
 
-/// Keeps up to `size` warm sandboxes.
+/// Keeps between `floor` and `ceiling` warm sandboxes, as demand asks.
 #[derive(Debug)]
 pub(crate) struct WarmPool {
     inner: Arc<Inner>,
@@ -38,14 +44,20 @@ pub(crate) struct WarmPool {
 #[derive(Debug)]
 struct Inner {
     core: Arc<Core>,
-    size: usize,
+    floor: usize,
+    ceiling: usize,
+    /// Starts at once: one per CPU (a start is mostly CPU work in the kernel).
+    parallel: usize,
     state: Mutex<State>,
     wake: Notify,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     ready: VecDeque<Started>,
+    target: usize,
+    /// When a create last found the pool empty (or when the target last stepped down).
+    last_miss: Instant,
     closed: bool,
 }
 
@@ -67,26 +79,44 @@ fn warm_name() -> String {
 }
 
 impl WarmPool {
-    /// Starts filling a pool of `size` in the background (none for 0). Needs a tokio runtime.
-    pub(crate) fn start(core: Arc<Core>, size: usize) -> Self {
+    /// Starts filling a pool of `floor` to `ceiling` sandboxes in the background (a ceiling
+    /// below the floor is the floor). A floor of 0 is no pool at all, whatever the ceiling:
+    /// every create starts its own sandbox. Needs a tokio runtime.
+    pub(crate) fn start(core: Arc<Core>, floor: usize, ceiling: usize) -> Self {
+        let parallel = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let ceiling = if floor == 0 { 0 } else { ceiling.max(floor) };
         let inner = Arc::new(Inner {
             core,
-            size,
-            state: Mutex::new(State::default()),
+            floor,
+            ceiling,
+            parallel,
+            state: Mutex::new(State {
+                ready: VecDeque::new(),
+                target: floor,
+                last_miss: Instant::now(),
+                closed: false,
+            }),
             wake: Notify::new(),
         });
-        let filler = (size > 0).then(|| tokio::spawn(fill(Arc::clone(&inner))));
+        let filler = (ceiling > 0).then(|| tokio::spawn(fill(Arc::clone(&inner))));
         Self {
             inner,
             filler: Mutex::new(filler),
         }
     }
 
-    /// A warm sandbox, if one is ready. The pool starts another only at [`WarmPool::refill`],
-    /// which the caller calls once the create is done: on this kind of host (2 cores) a start
-    /// running beside the hand-out doubled its latency.
+    /// A warm sandbox, if one is ready; when none is, the pool's target grows by one (up to
+    /// its ceiling). The pool starts more only at [`WarmPool::refill`], which the caller
+    /// calls once the create is done: on this kind of host (2 cores) a start running beside
+    /// the hand-out doubled its latency.
     pub(crate) fn take(&self) -> Option<Started> {
-        self.inner.state().ready.pop_front()
+        let mut state = self.inner.state();
+        let taken = state.ready.pop_front();
+        if taken.is_none() && !state.closed {
+            state.target = (state.target + 1).min(self.inner.ceiling);
+            state.last_miss = Instant::now();
+        }
+        taken
     }
 
     /// Lets the filler start sandboxes until the pool is full again.
@@ -99,7 +129,12 @@ impl WarmPool {
         self.inner.state().ready.len()
     }
 
-    /// Stops the filler (letting a start in flight finish) and tears every warm sandbox down.
+    /// How many the pool aims to keep now (between its floor and ceiling).
+    pub(crate) fn target(&self) -> usize {
+        self.inner.state().target
+    }
+
+    /// Stops the filler (letting starts in flight finish) and tears every warm sandbox down.
     pub(crate) async fn shutdown(&self) -> Result<()> {
         self.inner.state().closed = true;
         self.inner.wake.notify_one();
@@ -128,54 +163,101 @@ impl Drop for WarmPool {
     }
 }
 
-/// One start at a time until the pool is full, then sleep until a take wakes it.
+/// What the filler should do next.
+enum Next {
+    /// Start one more sandbox.
+    Start,
+    /// Tear down a surplus sandbox (the target stepped down).
+    Shrink(Box<Started>),
+    /// Wait for a start to finish, a wake-up or the next shrink check.
+    Wait,
+    /// The pool is closed.
+    Close,
+}
+
+fn next(inner: &Inner, starting: usize, backing_off: bool) -> Next {
+    let mut state = inner.state();
+    if state.closed {
+        return Next::Close;
+    }
+    let idle = inner.core.config.warm_pool_idle;
+    if state.target > inner.floor && state.last_miss.elapsed() >= idle {
+        state.target -= 1;
+        // The next step comes one step later, unless a miss comes first.
+        state.last_miss = Instant::now()
+            .checked_sub(idle.saturating_sub(SHRINK_STEP.min(idle)))
+            .unwrap_or_else(Instant::now);
+    }
+    if state.ready.len() > state.target {
+        return state
+            .ready
+            .pop_back()
+            .map_or(Next::Wait, |surplus| Next::Shrink(Box::new(surplus)));
+    }
+    if !backing_off && starting < inner.parallel && state.ready.len() + starting < state.target {
+        return Next::Start;
+    }
+    Next::Wait
+}
+
+/// Starts sandboxes, up to `parallel` at once, until the pool holds its target; shrinks it
+/// when demand has gone; backs off while starts fail.
 async fn fill(inner: Arc<Inner>) {
     let limits = CgroupLimits {
         pids_max: Some(inner.core.config.pids_max),
         ..CgroupLimits::default()
     };
     let internet = inner.core.config.net.default_internet_access;
+    let mut starting: JoinSet<Result<Started>> = JoinSet::new();
     let mut retry = FIRST_RETRY;
+    let mut retry_at: Option<Instant> = None;
     loop {
-        let wanted = {
-            let state = inner.state();
-            if state.closed {
-                return;
+        let backing_off = retry_at.is_some_and(|at| Instant::now() < at);
+        match next(&inner, starting.len(), backing_off) {
+            Next::Start => {
+                let core = Arc::clone(&inner.core);
+                starting.spawn(async move { core.start(&warm_name(), &limits, internet).await });
+                continue;
             }
-            state.ready.len() < inner.size
-        };
-        if !wanted {
-            inner.wake.notified().await;
-            continue;
+            Next::Shrink(surplus) => {
+                if let Err(error) = inner.core.teardown(&surplus.handle).await {
+                    tracing::warn!(%error, "tearing down a surplus warm sandbox");
+                }
+                continue;
+            }
+            Next::Close => break,
+            Next::Wait => {}
         }
-        let name = warm_name();
-        match inner.core.start(&name, &limits, internet).await {
-            Ok(started) => {
-                retry = FIRST_RETRY;
-                let unwanted = {
-                    let mut state = inner.state();
-                    if state.closed {
-                        Some(started)
-                    } else {
-                        state.ready.push_back(started);
-                        None
+        let check = SHRINK_STEP.min(inner.core.config.warm_pool_idle);
+        let wait_until = retry_at
+            .filter(|_| backing_off)
+            .unwrap_or_else(|| Instant::now() + check);
+        tokio::select! {
+            Some(joined) = starting.join_next(), if !starting.is_empty() => {
+                match joined {
+                    Ok(Ok(started)) => {
+                        retry = FIRST_RETRY;
+                        retry_at = None;
+                        inner.state().ready.push_back(started);
                     }
-                };
-                if let Some(started) = unwanted {
-                    if let Err(error) = inner.core.teardown(&started.handle).await {
-                        tracing::warn!(%error, "tearing down a warm sandbox after close");
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, retry_in = ?retry, "starting a warm sandbox failed");
+                        retry_at = Some(Instant::now() + retry);
+                        retry = (retry * 2).min(MAX_RETRY);
                     }
-                    return;
+                    Err(error) => tracing::error!(%error, "a warm sandbox start panicked"),
                 }
             }
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?retry, "starting a warm sandbox failed");
-                tokio::select! {
-                    () = tokio::time::sleep(retry) => {}
-                    () = inner.wake.notified() => {}
-                }
-                retry = (retry * 2).min(MAX_RETRY);
-            }
+            () = inner.wake.notified() => {}
+            () = tokio::time::sleep_until(wait_until) => {}
+        }
+    }
+    // Closed: starts in flight finish and are torn down, not kept.
+    while let Some(joined) = starting.join_next().await {
+        if let Ok(Ok(started)) = joined
+            && let Err(error) = inner.core.teardown(&started.handle).await
+        {
+            tracing::warn!(%error, "tearing down a warm sandbox after close");
         }
     }
 }

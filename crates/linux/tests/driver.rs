@@ -245,4 +245,110 @@ mod tests {
         drop(driver);
         harness.assert_nothing_left(&[id], &[pid1]).await;
     }
+
+    /// A burst that finds the pool empty grows it (up to its ceiling), so that the next
+    /// burst is handed out warm; with no burst for `warm_pool_idle` it shrinks back to its
+    /// floor, tearing the surplus down.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_warm_pool_follows_bursts_and_shrinks_back() {
+        let Some(mut harness) = common::harness(
+            "warm pool burst test",
+            "10.213.0.0/16",
+            env!("CARGO_BIN_EXE_firkin-sandbox-init"),
+        ) else {
+            return;
+        };
+        harness.config.warm_pool = 1;
+        harness.config.warm_pool_max = 4;
+        harness.config.warm_pool_idle = std::time::Duration::from_secs(1);
+        let store = firkin_single_node::StateStore::open(harness.state.path().join("db")).unwrap();
+        let driver = std::sync::Arc::new(
+            firkin_linux::driver::NamespaceDriver::for_state(harness.config.clone(), &store)
+                .await
+                .unwrap(),
+        );
+        assert!(driver.wait_warm(std::time::Duration::from_secs(10)).await);
+        let backend = firkin_single_node::SingleNodeBackend::builder(
+            firkin_single_node::SingleNodeConfig::new(harness.state.path().join("db")),
+            driver.clone(),
+        )
+        .state(store)
+        .build()
+        .await
+        .unwrap();
+        let burst = || async {
+            let creates = (0..4).map(|_| {
+                backend.create(SingleNodeCreateRequest::new(
+                    "base",
+                    SandboxResources::from_mib(1, 128),
+                ))
+            });
+            futures::future::join_all(creates)
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect::<Vec<_>>()
+        };
+        let warm_dirs = |sandboxes: &[firkin_single_node::SandboxSession]| {
+            sandboxes
+                .iter()
+                .filter(|sandbox| {
+                    sandbox
+                        .record()
+                        .runtime_handle
+                        .as_ref()
+                        .unwrap()
+                        .0
+                        .contains("/sandboxes/warm-")
+                })
+                .count()
+        };
+        let ready_within = |n: usize| {
+            let driver = driver.clone();
+            async move {
+                for _ in 0..400 {
+                    if firkin_single_node::RuntimeDriver::pools(driver.as_ref()).warm_ready == n
+                        && firkin_single_node::RuntimeDriver::pools(driver.as_ref()).warm_target
+                            == n
+                    {
+                        return true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                false
+            }
+        };
+
+        // One warm, three found the pool empty: the target grows to the ceiling of 4.
+        let first = burst().await;
+        assert!(warm_dirs(&first) <= 1, "more warm than the floor");
+        assert!(
+            ready_within(4).await,
+            "the pool did not grow: {:?}",
+            firkin_single_node::RuntimeDriver::pools(driver.as_ref())
+        );
+        // The next burst is handed out warm, all of it.
+        let second = burst().await;
+        assert_eq!(warm_dirs(&second), 4, "the second burst was not warm");
+        // Idle: back to the floor, the surplus torn down.
+        assert!(
+            ready_within(1).await,
+            "the pool did not shrink: {:?}",
+            firkin_single_node::RuntimeDriver::pools(driver.as_ref())
+        );
+
+        let mut ids = Vec::new();
+        let mut pids = Vec::new();
+        for sandbox in first.iter().chain(&second) {
+            ids.push(sandbox.sandbox_id().to_owned());
+            pids.push(common::host_pid1(sandbox));
+        }
+        for id in &ids {
+            backend.delete(id).await.unwrap();
+        }
+        backend.shutdown().await.unwrap();
+        drop(backend);
+        drop(driver);
+        harness.assert_nothing_left(&ids, &pids).await;
+    }
 }
