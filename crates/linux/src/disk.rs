@@ -18,15 +18,18 @@
 //! `mkfs.ext4` runs once per driver start, into a blank image (`disks/.blank.img`); each
 //! sandbox's image is a copy of it: a reflink where the state file system has them (xfs,
 //! btrfs), else a copy of its few MiB of data that keeps the rest a hole. The copy takes
-//! about 5 ms where running `mkfs.ext4` per sandbox took about 30 (more under load); `mount
-//! -o loop` then takes about 15 ms (docs/BENCHMARKS.md), and the warm pool pays both ahead. The image is made without a journal (a
+//! about 5 ms where running `mkfs.ext4` per sandbox took about 30 (more under load). The
+//! image is then mounted with system calls ([`crate::loop_device`]: a free loop device from
+//! `/dev/loop-control`, `LOOP_CONFIGURE`, `mount(2)`) where `mount -o loop` took about 15 ms
+//! of processes and device scans (docs/BENCHMARKS.md); a kernel older than 5.8 falls back
+//! to the command. The warm pool pays all of it ahead. The image is made without a journal (a
 //! sandbox does not outlive a host crash), no reserved blocks, and mounted with
 //! `noinit_itable` so that ext4 does not zero its inode tables in the background: only what
 //! the sandbox writes takes host space. The copies share the blank's file system UUID, which
 //! ext4 does not mind. Deleting files inside gives no space back to the host until the sandbox
 //! is deleted.
 //!
-//! `mount -o loop` sets the loop device to clear itself when its file system goes: unmounting
+//! The loop device is set to clear itself when its file system goes: unmounting
 //! the sandbox directory after its processes are gone (their mount namespace held it too)
 //! frees the device, and the image file is then removed; the driver does this off the
 //! delete's path, with the directory's removal. A daemon that dies leaves the mounts
@@ -41,6 +44,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::loop_device::LoopDevice;
 
 /// The smallest disk a sandbox may get: below it the base image's first writes do not fit.
 pub const MIN_SIZE_MB: u64 = 16;
@@ -160,15 +165,7 @@ impl Disks {
             blank.display(),
             image.display()
         )));
-        let made = copied.and_then(|()| {
-            run(Command::new(&tools.mount)
-                // nodev, nosuid: what a sandbox leaves in its upper never acts as a device or
-                // a set-id program for the host (the sandbox sees its files through overlay,
-                // whose own mount decides for it).
-                .args(["-t", "ext4", "-o", "loop,noinit_itable,nodev,nosuid"])
-                .arg(&image)
-                .arg(dir))
-        });
+        let made = copied.and_then(|()| mount_image(&tools.mount, &image, dir));
         if made.is_err() {
             let _ = std::fs::remove_file(&image);
             let _ = std::fs::remove_dir(dir);
@@ -225,6 +222,41 @@ impl Disks {
         }
         Ok(())
     }
+}
+
+/// Mounts the ext4 `image` on `dir` through a loop device: with system calls
+/// ([`LoopDevice`]), or with the `mount` command on a kernel without `LOOP_CONFIGURE`.
+/// `nodev`, `nosuid`: what a sandbox leaves in its upper never acts as a device or a set-id
+/// program for the host (the sandbox sees its files through overlay, whose own mount decides
+/// for it).
+fn mount_image(mount: &Path, image: &Path, dir: &Path) -> Result<(), DiskError> {
+    use rustix::mount::MountFlags;
+    let device = match LoopDevice::attach(image) {
+        Ok(device) => device,
+        Err(error) => {
+            tracing::debug!(%error, "no loop device by system calls; using mount -o loop");
+            return run(Command::new(mount)
+                .args(["-t", "ext4", "-o", "loop,noinit_itable,nodev,nosuid"])
+                .arg(image)
+                .arg(dir));
+        }
+    };
+    rustix::mount::mount(
+        device.path(),
+        dir,
+        "ext4",
+        MountFlags::NODEV | MountFlags::NOSUID,
+        c"noinit_itable",
+    )
+    .map_err(|error| DiskError::Io {
+        what: format!(
+            "mount {} ({}) on {}",
+            device.path().display(),
+            image.display(),
+            dir.display()
+        ),
+        source: error.into(),
+    })
 }
 
 /// A copy of the image `from` (`size` bytes) at `to`, new: a reflink where the file system

@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod driver;
 pub mod envd_probe;
 pub mod idmap;
+pub mod loop_device;
 pub mod net;
 pub mod rootfs;
 pub mod sandbox;
