@@ -9,6 +9,9 @@ created one after another with `Sandbox.create()` and left idle; at 10, 500 and 
                      pairs (only the create is timed), so the live count stays at N;
   list at N live:    the same number of `GET /sandboxes` (v1: every running sandbox in one
                      answer) and of `GET /metrics`;
+  phases at N live:  the mean of each create phase over those creates (the daemon's
+                     per-phase histograms in /metrics: warm hand-outs have `claim`, cold
+                     starts `dirs`, `cgroup`, `slot`, `launch`);
   memory at N live:  the host's memory in use (MemTotal - MemAvailable) and the daemon's RSS,
                      against the start, per live sandbox.
 
@@ -51,6 +54,27 @@ def rss(pid):
     return 0
 
 
+def phase_totals(client):
+    """(sum seconds, count) per create phase, from the daemon's /metrics."""
+    totals = {}
+    for line in client.get("/metrics").text.splitlines():
+        for kind in ("sum", "count"):
+            prefix = f"firkin_sandbox_create_phase_seconds_{kind}{{phase=\""
+            if line.startswith(prefix):
+                phase = line[len(prefix):].split('"', 1)[0]
+                totals.setdefault(phase, [0.0, 0])[0 if kind == "sum" else 1] = float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def phase_means(before, after):
+    means = []
+    for phase, (total, count) in sorted(after.items()):
+        old_total, old_count = before.get(phase, (0.0, 0))
+        if count > old_count:
+            means.append(f"{phase} {(total - old_total) / (count - old_count) * 1000:.2f}")
+    return ", ".join(means)
+
+
 def stats(name, values, unit="ms"):
     ms = [v * 1000 for v in values]
     return (f"| {name:<34} | {len(ms):>5} | {percentile(ms, 50):8.2f} | {percentile(ms, 95):8.2f}"
@@ -71,7 +95,7 @@ def main():
     time.sleep(1)  # the warm pool fills
     base_memory, base_rss = meminfo(), rss(daemon.pid)
     live = []
-    rows, memory_rows = [], []
+    rows, memory_rows, phase_rows = [], [], []
     failed = False
     try:
         for level in LEVELS:
@@ -81,11 +105,13 @@ def main():
             used, daemon_rss = meminfo(), rss(daemon.pid)
             memory_rows.append((level, (used - base_memory) / level, daemon_rss, daemon_rss - base_rss))
             creates = []
+            phases_before = phase_totals(client)
             for _ in range(SAMPLES):
                 started = time.perf_counter()
                 sandbox = Sandbox.create(**params)
                 creates.append(time.perf_counter() - started)
                 sandbox.kill()
+            phase_rows.append(f"| {level} | {phase_means(phases_before, phase_totals(client))} |")
             lists, metrics = [], []
             for _ in range(SAMPLES):
                 started = time.perf_counter()
@@ -132,6 +158,11 @@ def main():
     for level, per, daemon_rss, growth in memory_rows:
         print(f"| {level:>14} | {per / 2**20:19.2f} MiB | {daemon_rss / 2**20:6.1f} MiB"
               f" | {growth / 2**20:13.1f} MiB |")
+    print()
+    print("| live sandboxes | mean ms per create phase (of the creates that had it) |")
+    print("|---:|---|")
+    for line in phase_rows:
+        print(line)
     if left:
         failed = True
         print(f"{len(left)} sandboxes left after the kills", file=sys.stderr)

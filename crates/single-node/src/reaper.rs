@@ -39,12 +39,7 @@ impl SingleNodeBackend {
     /// Act on every running sandbox whose deadline has passed, now.
     pub async fn reap_due(&self) -> Vec<Reaped> {
         let now = self.now_ms();
-        let due: Vec<_> = self
-            .state()
-            .load_active()
-            .into_iter()
-            .filter(|record| record.is_due(now))
-            .collect();
+        let due = self.state().due_active(now);
         let mut reaped = Vec::with_capacity(due.len());
         for record in due {
             let id = record.sandbox_id;

@@ -147,6 +147,18 @@ impl StateStore {
         self.lock().active.values().cloned().collect()
     }
 
+    /// The records due at `now_unix_ms` ([`ActiveSessionRecord::is_due`]), cloning only
+    /// those: the reaper asks several times a second, with any number of sandboxes live.
+    #[must_use]
+    pub fn due_active(&self, now_unix_ms: i64) -> Vec<ActiveSessionRecord> {
+        self.lock()
+            .active
+            .values()
+            .filter(|record| record.is_due(now_unix_ms))
+            .cloned()
+            .collect()
+    }
+
     /// One active record.
     #[must_use]
     pub fn get_active(&self, sandbox_id: &str) -> Option<ActiveSessionRecord> {
