@@ -46,8 +46,12 @@ struct Inner {
     core: Arc<Core>,
     floor: usize,
     ceiling: usize,
-    /// Starts at once: one per CPU (a start is mostly CPU work in the kernel).
+    /// Starts at once while no create is in flight: one per CPU (a start is mostly CPU work
+    /// in the kernel). While creates run, one at a time, so that the pool does not take the
+    /// CPUs from the creates a burst is waiting for.
     parallel: usize,
+    /// Creates between their [`WarmPool::take`] and their [`WarmPool::refill`].
+    creating: std::sync::atomic::AtomicUsize,
     state: Mutex<State>,
     wake: Notify,
 }
@@ -90,6 +94,7 @@ impl WarmPool {
             floor,
             ceiling,
             parallel,
+            creating: std::sync::atomic::AtomicUsize::new(0),
             state: Mutex::new(State {
                 ready: VecDeque::new(),
                 target: floor,
@@ -106,10 +111,14 @@ impl WarmPool {
     }
 
     /// A warm sandbox, if one is ready; when none is, the pool's target grows by one (up to
-    /// its ceiling). The pool starts more only at [`WarmPool::refill`], which the caller
-    /// calls once the create is done: on this kind of host (2 cores) a start running beside
-    /// the hand-out doubled its latency.
+    /// its ceiling). Every create calls this first and [`WarmPool::refill`] once it is done,
+    /// whatever the outcome: between the two it counts as in flight, and the pool then starts
+    /// one sandbox at a time (on this kind of host, 2 cores, a start running beside the
+    /// hand-out doubled its latency).
     pub(crate) fn take(&self) -> Option<Started> {
+        self.inner
+            .creating
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut state = self.inner.state();
         let taken = state.ready.pop_front();
         if taken.is_none() && !state.closed {
@@ -119,8 +128,12 @@ impl WarmPool {
         taken
     }
 
-    /// Lets the filler start sandboxes until the pool is full again.
+    /// A create that called [`WarmPool::take`] is done: the filler starts sandboxes until
+    /// the pool is full again.
     pub(crate) fn refill(&self) {
+        self.inner
+            .creating
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.wake.notify_one();
     }
 
@@ -194,7 +207,12 @@ fn next(inner: &Inner, starting: usize, backing_off: bool) -> Next {
             .pop_back()
             .map_or(Next::Wait, |surplus| Next::Shrink(Box::new(surplus)));
     }
-    if !backing_off && starting < inner.parallel && state.ready.len() + starting < state.target {
+    let parallel = if inner.creating.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        1
+    } else {
+        inner.parallel
+    };
+    if !backing_off && starting < parallel && state.ready.len() + starting < state.target {
         return Next::Start;
     }
     Next::Wait
