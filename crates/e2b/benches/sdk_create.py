@@ -12,8 +12,9 @@ Run (as root, after scripts/bench-runc-setup and a release build):
   cargo build --release -p firkin
   FIRKIN_BENCH_SAMPLES=200 target/sdk-venv/bin/python crates/e2b/benches/sdk_create.py
 
-With FIRKIN_BENCH_BASELINE=<another checkout, built the same way> a third daemon runs that
-checkout's firkin (default warm pool), interleaved too, to compare two commits in one run.
+With FIRKIN_BENCH_BASELINE=<another checkout, built the same way> two more daemons run that
+checkout's firkin (default warm pool, and --warm-pool 0), interleaved too, to compare two
+commits in one run.
 
 Percentiles are nearest-rank over the samples; the first 5 of each kind are warm-up.
 """
@@ -107,7 +108,11 @@ def main():
         base, base_params = start_daemon(
             work / "state-base", ["--slot-range", "10.212.0.0/16"], pathlib.Path(baseline_repo)
         )
-        daemons.append(base)
+        base_cold, base_cold_params = start_daemon(
+            work / "state-base-cold", ["--warm-pool", "0", "--slot-range", "10.213.0.0/16"],
+            pathlib.Path(baseline_repo)
+        )
+        daemons += [base, base_cold]
     from e2b import Sandbox
 
     def create_run_kill(params):
@@ -121,7 +126,7 @@ def main():
         return created - started, killed - created
 
     create_run, kill, cold_create_run, cold_kill, runc = [], [], [], [], []
-    base_create_run, base_kill = [], []
+    base_create_run, base_kill, base_cold_create_run = [], [], []
     try:
         time.sleep(1)  # the warm pool fills
         for i in range(SAMPLES + WARMUP):
@@ -129,6 +134,7 @@ def main():
             cold_made, cold_killed = create_run_kill(cold_params)
             if baseline_repo:
                 base_made, base_killed = create_run_kill(base_params)
+                base_cold_made, _ = create_run_kill(base_cold_params)
             started_runc = time.perf_counter()
             result = subprocess.run(
                 ["runc", "--root", str(work / "runc-state"), "run", "--bundle", str(bundle), f"bench-{i}"],
@@ -145,6 +151,7 @@ def main():
                 if baseline_repo:
                     base_create_run.append(base_made)
                     base_kill.append(base_killed)
+                    base_cold_create_run.append(base_cold_made)
     finally:
         for daemon in daemons:
             daemon.terminate()
@@ -159,6 +166,7 @@ def main():
     if baseline_repo:
         row("baseline checkout: create + echo", base_create_run)
         row("baseline checkout: kill", base_kill)
+        row("baseline, --warm-pool 0: create + echo", base_cold_create_run)
     row("baseline: runc run busybox `echo hi`", runc)
     print(f"p50 ratio runc / firkin create+run: {percentile(runc, 50) / percentile(create_run, 50):.2f} warm, "
           f"{percentile(runc, 50) / percentile(cold_create_run, 50):.2f} without the warm pool")

@@ -18,11 +18,13 @@
 //! `mkfs.ext4` runs once per driver start, into a blank image (`disks/.blank.img`); each
 //! sandbox's image is a copy of it: a reflink where the state file system has them (xfs,
 //! btrfs), else a copy of its few MiB of data that keeps the rest a hole. The copy takes
-//! about 5 ms where running `mkfs.ext4` per sandbox took about 30 (more under load). The
+//! about 1 ms where running `mkfs.ext4` per sandbox took about 30 (more under load). The
 //! image is then mounted with system calls ([`crate::loop_device`]: a free loop device from
-//! `/dev/loop-control`, `LOOP_CONFIGURE`, `mount(2)`) where `mount -o loop` took about 15 ms
-//! of processes and device scans (docs/BENCHMARKS.md); a kernel older than 5.8 falls back
-//! to the command. The warm pool pays all of it ahead. The image is made without a journal (a
+//! `/dev/loop-control`, `LOOP_CONFIGURE`, `mount(2)`) where `mount -o loop` added processes
+//! and device scans (12 ms off a cold create's median, docs/BENCHMARKS.md); a kernel older
+//! than 5.8 falls back to the command. What is left is mostly the kernel's own
+//! `LOOP_CONFIGURE` (2–20 ms here, timed around the call; why it varies so was not pinned
+//! down) and `mount(2)` (1–3 ms). The warm pool pays all of it ahead. The image is made without a journal (a
 //! sandbox does not outlive a host crash), no reserved blocks, and mounted with
 //! `noinit_itable` so that ext4 does not zero its inode tables in the background: only what
 //! the sandbox writes takes host space. The copies share the blank's file system UUID, which

@@ -9,7 +9,7 @@
 //!
 //! - (a) capacity: during the run (a watcher task and every task after every operation) and
 //!   after it, reserved CPU and memory never exceed the capacity, reservations and sandboxes
-//!   the driver runs never exceed `max_sessions`, and neither does the driver's high-water mark;
+//!   the driver runs never exceed `max_sandboxes`, and neither does the driver's high-water mark;
 //! - (b) no reservation left behind: once quiet, every record holds exactly one reservation and
 //!   nothing else does, and the reserved totals are the records' sums;
 //! - (c) no record lost: once quiet, a `Running` / `Paused` record's sandbox runs in the driver,
