@@ -45,6 +45,7 @@ use crate::net::{NetConfig, Slot, SlotPool};
 use crate::rootfs::{BaseTemplate, HostFacts, MountSpec, mounts_for};
 use crate::sandbox::spawn::{IdMap, launch};
 use crate::sandbox::{InitSpec, LayerMount};
+use crate::prepared::PreparedDirs;
 use crate::warm::WarmPool;
 
 /// envd's port inside every sandbox.
@@ -78,6 +79,9 @@ pub struct NamespaceConfig {
     /// How long the pool stays above `warm_pool` with no create finding it empty before it
     /// shrinks back, one sandbox per such period (at most every 5 s).
     pub warm_pool_idle: Duration,
+    /// Sandbox directories, disks mounted, made ahead for creates that find the warm pool
+    /// empty (see [`crate::prepared`]); only with per-sandbox disks.
+    pub prepared_dirs: usize,
     /// The disk each sandbox gets, MiB (see [`crate::disk`]); 0: no limit, sandboxes write
     /// to the state file system until it is full.
     pub disk_size_mb: u64,
@@ -123,6 +127,7 @@ impl NamespaceConfig {
             warm_pool: 2,
             warm_pool_max: DEFAULT_WARM_POOL_MAX,
             warm_pool_idle: Duration::from_secs(60),
+            prepared_dirs: 2,
             disk_size_mb: DEFAULT_DISK_SIZE_MB,
         }
     }
@@ -151,6 +156,7 @@ pub(crate) struct Started {
 pub struct NamespaceDriver {
     core: Arc<Core>,
     warm: WarmPool,
+    prepared: PreparedDirs,
     live: Mutex<HashMap<String, Handle>>,
 }
 
@@ -206,6 +212,12 @@ impl NamespaceDriver {
             .await
             .map_err(launch_failed)?;
         let (warm_floor, warm_ceiling) = (config.warm_pool, config.warm_pool_max);
+        // Without disks a directory is made in well under a millisecond: nothing to gain.
+        let prepared_dirs = if disks.size_bytes().is_some() {
+            config.prepared_dirs
+        } else {
+            0
+        };
         let core = Arc::new(Core {
             config,
             layout,
@@ -217,6 +229,7 @@ impl NamespaceDriver {
         });
         Ok(Self {
             warm: WarmPool::start(Arc::clone(&core), warm_floor, warm_ceiling),
+            prepared: PreparedDirs::start(Arc::clone(&core), prepared_dirs),
             core,
             live: Mutex::new(HashMap::new()),
         })
@@ -236,6 +249,12 @@ impl NamespaceDriver {
             .filter_map(|record| record.runtime_handle)
             .collect();
         Self::new(config, &handles).await
+    }
+
+    /// How many sandbox directories are prepared ahead now (see [`crate::prepared`]).
+    #[must_use]
+    pub fn prepared_ready(&self) -> usize {
+        self.prepared.ready()
     }
 
     /// How many warm sandboxes are ready to be handed out now.
@@ -261,7 +280,7 @@ impl NamespaceDriver {
 impl Core {
     /// The sandbox directory of `name` on its own disk, with its overlay directories and
     /// its `/etc/hosts` and `/etc/hostname`; nothing is left if a step fails.
-    fn prepare_dirs(&self, name: &str) -> std::result::Result<PathBuf, String> {
+    pub(crate) fn prepare_dirs(&self, name: &str) -> std::result::Result<PathBuf, String> {
         let dir = self.config.state_dir.join("sandboxes").join(name);
         self.disks.attach(&dir).map_err(|error| error.to_string())?;
         self.fill_dir(name, &dir).map_err(|error| {
@@ -272,7 +291,7 @@ impl Core {
     }
 
     /// Removes a sandbox directory no process uses (a start that failed), disk and all.
-    fn discard_dir(&self, dir: &Path) {
+    pub(crate) fn discard_dir(&self, dir: &Path) {
         if let Err(error) = self.disks.detach(dir) {
             tracing::warn!(%error, "discarding a sandbox disk failed");
         }
@@ -290,18 +309,21 @@ impl Core {
                 std::os::unix::fs::lchown(path, Some(shift), Some(shift))?;
             }
         }
-        std::fs::write(dir.join("upper/etc/hosts"), crate::rootfs::hosts_file(name))?;
-        std::fs::write(
-            dir.join("upper/etc/hostname"),
-            crate::rootfs::hostname_file(name),
-        )?;
-        for path in [
-            "upper",
-            "upper/etc",
-            "upper/etc/hosts",
-            "upper/etc/hostname",
-            "work",
+        for path in ["upper", "upper/etc", "work"] {
+            std::os::unix::fs::lchown(dir.join(path), Some(shift), Some(shift))?;
+        }
+        self.write_identity(name, dir)
+    }
+
+    /// The sandbox's `/etc/hosts` and `/etc/hostname` for the host name `name`, in the upper
+    /// of its directory `dir`, owned by its root.
+    fn write_identity(&self, name: &str, dir: &Path) -> std::io::Result<()> {
+        let shift = self.config.id_shift;
+        for (path, text) in [
+            ("upper/etc/hosts", crate::rootfs::hosts_file(name)),
+            ("upper/etc/hostname", crate::rootfs::hostname_file(name)),
         ] {
+            std::fs::write(dir.join(path), text)?;
             std::os::unix::fs::lchown(dir.join(path), Some(shift), Some(shift))?;
         }
         Ok(())
@@ -329,11 +351,14 @@ impl Core {
             .collect()
     }
 
-    /// A whole new sandbox named `name` (its hostname, cgroup and directory name), returned
-    /// once its envd answers. Whatever was made is undone if a step fails.
+    /// A whole new sandbox with the host name `name`, returned once its envd answers. Its
+    /// directory is `prepared` (see [`crate::prepared`]) when given, else one made now named
+    /// `name`; its cgroup is named as its directory. Whatever was made is undone if a step
+    /// fails, `prepared` included.
     pub(crate) async fn start(
         self: &Arc<Self>,
         name: &str,
+        prepared: Option<PathBuf>,
         limits: &CgroupLimits,
         internet_access: bool,
     ) -> Result<Started> {
@@ -343,9 +368,21 @@ impl Core {
         let (owned_name, owned_limits) = (name.to_owned(), *limits);
         let (dir, cgroup, mut phases) = tokio::task::spawn_blocking(move || {
             let began = Instant::now();
-            let dir = core.prepare_dirs(&owned_name).map_err(launch_failed)?;
+            let dir = match prepared {
+                Some(dir) => match core.write_identity(&owned_name, &dir) {
+                    Ok(()) => dir,
+                    Err(error) => {
+                        core.discard_dir(&dir);
+                        return Err(launch_failed(format!("prepare {}: {error}", dir.display())));
+                    }
+                },
+                None => core.prepare_dirs(&owned_name).map_err(launch_failed)?,
+            };
             let dirs = began.elapsed();
-            match SandboxCgroup::create(&core.layout, &owned_name, &owned_limits) {
+            let cgroup_name = dir
+                .file_name()
+                .map_or_else(|| owned_name.clone(), |n| n.to_string_lossy().into_owned());
+            match SandboxCgroup::create(&core.layout, &cgroup_name, &owned_limits) {
                 Ok(cgroup) => Ok((
                     dir,
                     cgroup,
@@ -768,7 +805,10 @@ impl RuntimeDriver for NamespaceDriver {
         };
         let started = match warm {
             Some(started) => Ok(started),
-            None => self.core.start(&id, &limits, internet).await,
+            None => {
+                let prepared = self.prepared.take();
+                self.core.start(&id, prepared, &limits, internet).await
+            }
         };
         self.warm.refill();
         let mut started = started?;
@@ -847,6 +887,7 @@ impl RuntimeDriver for NamespaceDriver {
     async fn shutdown(&self) -> Result<()> {
         // The warm sandboxes first: their slots go back before the slot pool closes.
         let warm = self.warm.shutdown().await;
+        self.prepared.shutdown().await;
         let slots = self.core.slots.shutdown().await.map_err(launch_failed);
         self.core.settle_removals().await;
         warm.and(slots)

@@ -18,4 +18,5 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod state_dir;
 pub mod sys;
+pub mod prepared;
 pub mod warm;

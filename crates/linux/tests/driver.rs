@@ -351,4 +351,86 @@ mod tests {
         drop(driver);
         harness.assert_nothing_left(&ids, &pids).await;
     }
+
+    /// With the warm pool off, a create takes a directory prepared ahead (its disk mounted):
+    /// the sandbox gets its own host name there, its cgroup is named as the directory, and a
+    /// new one is prepared behind it; shutdown removes what is prepared.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cold_create_takes_a_prepared_directory() {
+        let Some(mut harness) = common::harness(
+            "prepared directories test",
+            "10.214.0.0/16",
+            env!("CARGO_BIN_EXE_firkin-sandbox-init"),
+        ) else {
+            return;
+        };
+        harness.config.warm_pool = 0;
+        harness.config.prepared_dirs = 1;
+        harness.config.disk_size_mb = 64;
+        let store = firkin_single_node::StateStore::open(harness.state.path().join("db")).unwrap();
+        let driver = std::sync::Arc::new(
+            firkin_linux::driver::NamespaceDriver::for_state(harness.config.clone(), &store)
+                .await
+                .unwrap(),
+        );
+        let prepared_within = |n: usize| {
+            let driver = driver.clone();
+            async move {
+                for _ in 0..200 {
+                    if driver.prepared_ready() == n {
+                        return true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                false
+            }
+        };
+        assert!(prepared_within(1).await, "no directory was prepared");
+        let backend = firkin_single_node::SingleNodeBackend::builder(
+            firkin_single_node::SingleNodeConfig::new(harness.state.path().join("db")),
+            driver.clone(),
+        )
+        .state(store)
+        .build()
+        .await
+        .unwrap();
+        let sandbox = backend
+            .create(SingleNodeCreateRequest::new(
+                "base",
+                SandboxResources::from_mib(1, 128),
+            ))
+            .await
+            .unwrap();
+        let id = sandbox.sandbox_id().to_owned();
+        let pid1 = common::host_pid1(&sandbox);
+        let handle: serde_json::Value =
+            serde_json::from_str(&sandbox.record().runtime_handle.as_ref().unwrap().0).unwrap();
+        let dir = handle["dir"].as_str().unwrap();
+        assert!(dir.contains("/sandboxes/prep-"), "not a prepared directory: {handle}");
+        assert_eq!(
+            handle["cgroup"]["name"].as_str(),
+            Path::new(dir).file_name().and_then(|n| n.to_str()),
+            "{handle}"
+        );
+        let token = sandbox.record().envd_access_token.clone().unwrap();
+        let address = backend.ports().target(&id, 49983).unwrap();
+        let out = run(
+            address,
+            &token,
+            "hostname; cat /etc/hostname; grep -c \"$(hostname)\" /etc/hosts; df -m / | tail -1",
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[..3], [id.as_str(), id.as_str(), "1"], "{out}");
+        // Its own disk of 64 MiB, as a directory made on the create's path would have.
+        let size_mib: u64 = lines[3].split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!((50..=64).contains(&size_mib), "{out}");
+        assert!(prepared_within(1).await, "no directory was prepared behind the create");
+
+        backend.delete(&id).await.unwrap();
+        backend.shutdown().await.unwrap();
+        assert_eq!(driver.prepared_ready(), 0, "shutdown left prepared directories");
+        drop(backend);
+        drop(driver);
+        harness.assert_nothing_left(&[id], &[pid1]).await;
+    }
 }
