@@ -465,7 +465,11 @@ async fn idle_sandboxes(
     let mut pss_kib = 0;
     let mut processes = std::collections::BTreeMap::new();
     for id in &ids {
-        let cgroup = SandboxCgroup::open(layout.handle_for(id)?)?;
+        // A sandbox's cgroup is named as its directory (its id, or the pool name of a warm
+        // sandbox or a prepared directory).
+        let dir = driver.sandbox_path(id);
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or(id);
+        let cgroup = SandboxCgroup::open(layout.handle_for(name)?)?;
         cgroup_bytes += cgroup.memory_usage_bytes()?;
         for pid in cgroup.pids()? {
             pss_kib += pss_kib_of(pid);

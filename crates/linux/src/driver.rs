@@ -42,10 +42,10 @@ use crate::disk::Disks;
 use crate::envd_probe;
 use crate::idmap::{self, IdmappedMount};
 use crate::net::{NetConfig, Slot, SlotPool};
+use crate::prepared::PreparedDirs;
 use crate::rootfs::{BaseTemplate, HostFacts, MountSpec, mounts_for};
 use crate::sandbox::spawn::{IdMap, launch};
 use crate::sandbox::{InitSpec, LayerMount};
-use crate::prepared::PreparedDirs;
 use crate::warm::WarmPool;
 
 /// envd's port inside every sandbox.

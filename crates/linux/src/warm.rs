@@ -234,7 +234,8 @@ async fn fill(inner: Arc<Inner>) {
         match next(&inner, starting.len(), backing_off) {
             Next::Start => {
                 let core = Arc::clone(&inner.core);
-                starting.spawn(async move { core.start(&warm_name(), None, &limits, internet).await });
+                starting
+                    .spawn(async move { core.start(&warm_name(), None, &limits, internet).await });
                 continue;
             }
             Next::Shrink(surplus) => {

@@ -406,7 +406,10 @@ mod tests {
         let handle: serde_json::Value =
             serde_json::from_str(&sandbox.record().runtime_handle.as_ref().unwrap().0).unwrap();
         let dir = handle["dir"].as_str().unwrap();
-        assert!(dir.contains("/sandboxes/prep-"), "not a prepared directory: {handle}");
+        assert!(
+            dir.contains("/sandboxes/prep-"),
+            "not a prepared directory: {handle}"
+        );
         assert_eq!(
             handle["cgroup"]["name"].as_str(),
             Path::new(dir).file_name().and_then(|n| n.to_str()),
@@ -424,11 +427,18 @@ mod tests {
         // Its own disk of 64 MiB, as a directory made on the create's path would have.
         let size_mib: u64 = lines[3].split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!((50..=64).contains(&size_mib), "{out}");
-        assert!(prepared_within(1).await, "no directory was prepared behind the create");
+        assert!(
+            prepared_within(1).await,
+            "no directory was prepared behind the create"
+        );
 
         backend.delete(&id).await.unwrap();
         backend.shutdown().await.unwrap();
-        assert_eq!(driver.prepared_ready(), 0, "shutdown left prepared directories");
+        assert_eq!(
+            driver.prepared_ready(),
+            0,
+            "shutdown left prepared directories"
+        );
         drop(backend);
         drop(driver);
         harness.assert_nothing_left(&[id], &[pid1]).await;
