@@ -246,6 +246,37 @@ mod tests {
         harness.assert_nothing_left(&[id], &[pid1]).await;
     }
 
+    /// The harness's driver, over a state store in its state directory.
+    async fn open_driver(
+        harness: &common::Harness,
+    ) -> (
+        std::sync::Arc<firkin_linux::driver::NamespaceDriver>,
+        firkin_single_node::StateStore,
+    ) {
+        let store = firkin_single_node::StateStore::open(harness.state.path().join("db")).unwrap();
+        let driver =
+            firkin_linux::driver::NamespaceDriver::for_state(harness.config.clone(), &store)
+                .await
+                .unwrap();
+        (std::sync::Arc::new(driver), store)
+    }
+
+    /// A backend over `driver` and its `store`.
+    async fn backend_over(
+        harness: &common::Harness,
+        driver: &std::sync::Arc<firkin_linux::driver::NamespaceDriver>,
+        store: firkin_single_node::StateStore,
+    ) -> firkin_single_node::SingleNodeBackend {
+        firkin_single_node::SingleNodeBackend::builder(
+            firkin_single_node::SingleNodeConfig::new(harness.state.path().join("db")),
+            driver.clone(),
+        )
+        .state(store)
+        .build()
+        .await
+        .unwrap()
+    }
+
     /// A burst that finds the pool empty grows it (up to its ceiling), so that the next
     /// burst is handed out warm; with no burst for `warm_pool_idle` it shrinks back to its
     /// floor, tearing the surplus down.
@@ -261,21 +292,9 @@ mod tests {
         harness.config.warm_pool = 1;
         harness.config.warm_pool_max = 4;
         harness.config.warm_pool_idle = std::time::Duration::from_secs(1);
-        let store = firkin_single_node::StateStore::open(harness.state.path().join("db")).unwrap();
-        let driver = std::sync::Arc::new(
-            firkin_linux::driver::NamespaceDriver::for_state(harness.config.clone(), &store)
-                .await
-                .unwrap(),
-        );
+        let (driver, store) = open_driver(&harness).await;
         assert!(driver.wait_warm(std::time::Duration::from_secs(10)).await);
-        let backend = firkin_single_node::SingleNodeBackend::builder(
-            firkin_single_node::SingleNodeConfig::new(harness.state.path().join("db")),
-            driver.clone(),
-        )
-        .state(store)
-        .build()
-        .await
-        .unwrap();
+        let backend = backend_over(&harness, &driver, store).await;
         let burst = || async {
             let creates = (0..4).map(|_| {
                 backend.create(SingleNodeCreateRequest::new(
@@ -367,12 +386,7 @@ mod tests {
         harness.config.warm_pool = 0;
         harness.config.prepared_dirs = 1;
         harness.config.disk_size_mb = 64;
-        let store = firkin_single_node::StateStore::open(harness.state.path().join("db")).unwrap();
-        let driver = std::sync::Arc::new(
-            firkin_linux::driver::NamespaceDriver::for_state(harness.config.clone(), &store)
-                .await
-                .unwrap(),
-        );
+        let (driver, store) = open_driver(&harness).await;
         let prepared_within = |n: usize| {
             let driver = driver.clone();
             async move {
@@ -386,14 +400,7 @@ mod tests {
             }
         };
         assert!(prepared_within(1).await, "no directory was prepared");
-        let backend = firkin_single_node::SingleNodeBackend::builder(
-            firkin_single_node::SingleNodeConfig::new(harness.state.path().join("db")),
-            driver.clone(),
-        )
-        .state(store)
-        .build()
-        .await
-        .unwrap();
+        let backend = backend_over(&harness, &driver, store).await;
         let sandbox = backend
             .create(SingleNodeCreateRequest::new(
                 "base",
