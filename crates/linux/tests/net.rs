@@ -299,6 +299,35 @@ mod tests {
         );
         assert_eq!(fetch(a_srv).expect("host -> a"), "hi from a");
         assert_eq!(fetch(b_srv).expect("host -> b"), "hi from b");
+        // Each end knows the other for good: a permanent neighbour entry on both sides, so
+        // no ARP and nothing in the host's table for the kernel to count or collect.
+        let neighbours = |netns: Option<&Path>, dev: &str| {
+            let mut command = std::process::Command::new("nsenter");
+            if let Some(netns) = netns {
+                command.arg(format!("--net={}", netns.display()));
+            }
+            let out = command
+                .args(["ip", "neigh", "show", "dev", dev])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        for slot in [&a, &b] {
+            let host_side = neighbours(None, &slot.host_if);
+            assert!(
+                host_side.contains(&format!("{} lladdr", slot.sandbox_ip))
+                    && host_side.contains("PERMANENT"),
+                "{}: {host_side}",
+                slot.host_if
+            );
+            let inside = neighbours(Some(&slot.netns_path), "eth0");
+            assert!(
+                inside.contains(&format!("{} lladdr", slot.host_ip))
+                    && inside.contains("PERMANENT"),
+                "{}: {inside}",
+                slot.host_if
+            );
+        }
 
         // Host services the sandbox must not reach.
         let lo = serve(

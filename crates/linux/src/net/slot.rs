@@ -302,7 +302,51 @@ async fn configure(
         .add(route)
         .execute()
         .await
-        .map_err(in_ns("add default route", SANDBOX_IF))
+        .map_err(in_ns("add default route", SANDBOX_IF))?;
+
+    // Each end knows the other's hardware address for good: no ARP on a sandbox's first
+    // packet, and no entry for the host's neighbour table to count or collect. With a
+    // thousand slots in use, learned entries would pass the kernel's default table limit
+    // (`gc_thresh3`, 1024) and new connections into sandboxes would fail; permanent ones
+    // are not counted against it (Linux 4.19 and later).
+    let host_mac = link_mac(host, host_index)
+        .await
+        .map_err(on_host("read the address of"))?;
+    let eth0_mac = link_mac(inner, eth0)
+        .await
+        .map_err(in_ns("read the address of", SANDBOX_IF))?;
+    host.neighbours()
+        .add(host_index, IpAddr::V4(plan.sandbox_ip))
+        .link_layer_address(&eth0_mac)
+        .replace()
+        .execute()
+        .await
+        .map_err(on_host("add the sandbox as a neighbour on"))?;
+    inner
+        .neighbours()
+        .add(eth0, IpAddr::V4(plan.host_ip))
+        .link_layer_address(&host_mac)
+        .replace()
+        .execute()
+        .await
+        .map_err(in_ns("add the host as a neighbour on", SANDBOX_IF))
+}
+
+/// The hardware address of the link `index`.
+async fn link_mac(handle: &Handle, index: u32) -> Result<Vec<u8>, rtnetlink::Error> {
+    let mut links = handle.link().get().match_index(index).execute();
+    let message = links
+        .try_next()
+        .await?
+        .ok_or(rtnetlink::Error::RequestFailed)?;
+    message
+        .attributes
+        .into_iter()
+        .find_map(|attribute| match attribute {
+            rtnetlink::packet_route::link::LinkAttribute::Address(mac) => Some(mac),
+            _ => None,
+        })
+        .ok_or(rtnetlink::Error::RequestFailed)
 }
 
 async fn link_index(handle: &Handle, name: &str) -> Result<u32, rtnetlink::Error> {
