@@ -214,6 +214,8 @@ async fn serve(
     let mut driver_config = NamespaceConfig::new(state_dir, envd, helper);
     driver_config.warm_pool = args.warm_pool;
     driver_config.warm_pool_max = args.warm_pool_max;
+    let scheduler = args.capacity.scheduler();
+    driver_config.warm_pool_min_available_memory = scheduler.min_available_memory_bytes;
     driver_config.disk_size_mb = args.disk_size_mb;
     if let Some(range) = args.slot_range {
         driver_config.net.range = range;
@@ -226,7 +228,6 @@ async fn serve(
     let driver = NamespaceDriver::for_state(driver_config, &store)
         .await
         .context("start the Linux driver")?;
-    let scheduler = args.capacity.scheduler();
     let backend_config = SingleNodeConfig::new(state_dir).with_scheduler(scheduler);
     let backend = SingleNodeBackend::builder(backend_config, Arc::new(driver))
         .state(store)

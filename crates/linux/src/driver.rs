@@ -82,6 +82,10 @@ pub struct NamespaceConfig {
     /// Sandbox directories, disks mounted, made ahead for creates that find the warm pool
     /// empty (see [`crate::prepared`]); only with per-sandbox disks.
     pub prepared_dirs: usize,
+    /// The warm pool starts no sandbox while the host's `MemAvailable` is below this many
+    /// bytes (0: no check); the daemon passes its admission floor, so the pool never adds to
+    /// a pressure under which creates are refused.
+    pub warm_pool_min_available_memory: u64,
     /// The disk each sandbox gets, MiB (see [`crate::disk`]); 0: no limit, sandboxes write
     /// to the state file system until it is full.
     pub disk_size_mb: u64,
@@ -128,6 +132,7 @@ impl NamespaceConfig {
             warm_pool_max: DEFAULT_WARM_POOL_MAX,
             warm_pool_idle: Duration::from_secs(60),
             prepared_dirs: 2,
+            warm_pool_min_available_memory: 0,
             disk_size_mb: DEFAULT_DISK_SIZE_MB,
         }
     }

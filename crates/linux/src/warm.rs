@@ -11,8 +11,10 @@
 //! The pool's size follows demand between a floor and a ceiling: every create that finds
 //! the pool empty raises the target by one (a burst of 20 creates leaves 20 ready for the
 //! next), and after `warm_pool_idle` (a minute) without such a miss the target steps back
-//! down to the floor, tearing down what is then surplus. The filler starts up to one sandbox per CPU
-//! at once. Its sandboxes are no user's: [`WarmPool::shutdown`] tears them down, and after a
+//! down to the floor, tearing down what is then surplus. The filler starts up to one
+//! sandbox per CPU at once (one while creates are in flight), and none while the host's
+//! `MemAvailable` is under `warm_pool_min_available_memory` (the daemon's admission floor):
+//! the pool never adds to a pressure that refuses creates. Its sandboxes are no user's: [`WarmPool::shutdown`] tears them down, and after a
 //! crash the next driver's start-up reclaims them with any other leftover of its state
 //! directory (their directories are there and no stored handle owns them).
 
@@ -184,8 +186,19 @@ enum Next {
     Shrink(Box<Started>),
     /// Wait for a start to finish, a wake-up or the next shrink check.
     Wait,
+    /// The host is short of memory: start nothing for a while.
+    Short,
     /// The pool is closed.
     Close,
+}
+
+/// Whether the host's `MemAvailable` is under the pool's floor (never when it has none, or
+/// when it cannot be read).
+fn memory_short(inner: &Inner) -> bool {
+    let floor = inner.core.config.warm_pool_min_available_memory;
+    floor > 0
+        && firkin_single_node::PressureSource::read(&firkin_single_node::HostPressure::new())
+            .is_ok_and(|reading| reading.memory_available_bytes < floor)
 }
 
 fn next(inner: &Inner, starting: usize, backing_off: bool) -> Next {
@@ -213,7 +226,12 @@ fn next(inner: &Inner, starting: usize, backing_off: bool) -> Next {
         inner.parallel
     };
     if !backing_off && starting < parallel && state.ready.len() + starting < state.target {
-        return Next::Start;
+        drop(state);
+        return if memory_short(inner) {
+            Next::Short
+        } else {
+            Next::Start
+        };
     }
     Next::Wait
 }
@@ -231,7 +249,9 @@ async fn fill(inner: Arc<Inner>) {
     let mut retry_at: Option<Instant> = None;
     loop {
         let backing_off = retry_at.is_some_and(|at| Instant::now() < at);
-        match next(&inner, starting.len(), backing_off) {
+        let next = next(&inner, starting.len(), backing_off);
+        let backing_off = backing_off || matches!(next, Next::Short);
+        match next {
             Next::Start => {
                 let core = Arc::clone(&inner.core);
                 starting
@@ -245,6 +265,10 @@ async fn fill(inner: Arc<Inner>) {
                 continue;
             }
             Next::Close => break,
+            Next::Short => {
+                tracing::debug!("the host is short of memory: the warm pool waits");
+                retry_at = Some(Instant::now() + FIRST_RETRY);
+            }
             Next::Wait => {}
         }
         let check = SHRINK_STEP.min(inner.core.config.warm_pool_idle);

@@ -450,4 +450,32 @@ mod tests {
         drop(driver);
         harness.assert_nothing_left(&[id], &[pid1]).await;
     }
+
+    /// A host short of memory (here: a floor no host reaches) gets no warm sandbox started:
+    /// the pool waits instead of adding to the pressure.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_warm_pool_starts_nothing_while_memory_is_short() {
+        let Some(mut harness) = common::harness(
+            "warm pool pressure test",
+            "10.215.0.0/16",
+            env!("CARGO_BIN_EXE_firkin-sandbox-init"),
+        ) else {
+            return;
+        };
+        harness.config.warm_pool = 2;
+        harness.config.warm_pool_min_available_memory = u64::MAX;
+        let (driver, _store) = open_driver(&harness).await;
+        assert!(
+            !driver
+                .wait_warm(std::time::Duration::from_millis(1500))
+                .await,
+            "the pool filled under pressure"
+        );
+        assert_eq!(driver.warm_ready(), 0);
+        firkin_single_node::RuntimeDriver::shutdown(driver.as_ref())
+            .await
+            .unwrap();
+        drop(driver);
+        harness.assert_nothing_left(&[], &[]).await;
+    }
 }
