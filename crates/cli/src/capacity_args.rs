@@ -11,7 +11,7 @@ const MIB: u64 = 1 << 20;
 #[derive(Debug, Default, Args)]
 pub(crate) struct CapacityArgs {
     /// Most sandboxes at once, running and paused together. Default: 2048.
-    #[arg(long, env = "FIRKIN_MAX_SANDBOXES", value_parser = at_least_one)]
+    #[arg(long, env = "FIRKIN_MAX_SANDBOXES", value_parser = crate::serve::at_least_one)]
     pub(crate) max_sandboxes: Option<usize>,
     /// Sandbox vCPUs admitted per host CPU. A vCPU is a CPU-time cap that idle sandboxes do
     /// not use; overcommit only slows busy sandboxes down. Default: 1024.
@@ -31,39 +31,20 @@ pub(crate) struct CapacityArgs {
     pub(crate) max_memory_pressure: Option<f64>,
 }
 
-/// A count of 1 or more.
-fn at_least_one(text: &str) -> Result<usize, String> {
-    match text.trim().parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
-        Err(error) => Err(error.to_string()),
-    }
+/// An overcommit ratio flag ([`SingleNodeSchedulerConfig::check_ratio`]).
+fn ratio(text: &str) -> Result<f64, String> {
+    SingleNodeSchedulerConfig::check_ratio(number(text)?)
 }
 
-/// An overcommit ratio: 0.1 to 100000.
-pub(crate) fn ratio(text: &str) -> Result<f64, String> {
-    let value: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number"))?;
-    if value.is_finite() && (0.1..=100_000.0).contains(&value) {
-        Ok(value)
-    } else {
-        Err(format!("{text} must be between 0.1 and 100000"))
-    }
+/// A memory stall ceiling flag ([`SingleNodeSchedulerConfig::check_percent`]).
+fn percent(text: &str) -> Result<f64, String> {
+    SingleNodeSchedulerConfig::check_percent(number(text)?)
 }
 
-/// A percent: 0 to 100.
-pub(crate) fn percent(text: &str) -> Result<f64, String> {
-    let value: f64 = text
-        .trim()
+fn number(text: &str) -> Result<f64, String> {
+    text.trim()
         .parse()
-        .map_err(|_| format!("{text:?} is not a number"))?;
-    if (0.0..=100.0).contains(&value) {
-        Ok(value)
-    } else {
-        Err(format!("{text} must be a percent (0 to 100)"))
-    }
+        .map_err(|_| format!("{text:?} is not a number"))
 }
 
 impl CapacityArgs {

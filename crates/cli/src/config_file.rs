@@ -57,7 +57,7 @@ fn max_sandboxes<'de, D: serde::Deserializer<'de>>(
 /// `cpu-overcommit = 64` or `memory-overcommit = 1.5`, checked as the flags are.
 fn ratio<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
     let value = <f64 as serde::Deserialize>::deserialize(deserializer)?;
-    crate::capacity_args::ratio(&value.to_string())
+    firkin_single_node::SingleNodeSchedulerConfig::check_ratio(value)
         .map(Some)
         .map_err(serde::de::Error::custom)
 }
@@ -65,7 +65,7 @@ fn ratio<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<f64
 /// `max-memory-pressure = 20`, a percent.
 fn percent<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
     let value = <f64 as serde::Deserialize>::deserialize(deserializer)?;
-    crate::capacity_args::percent(&value.to_string())
+    firkin_single_node::SingleNodeSchedulerConfig::check_percent(value)
         .map(Some)
         .map_err(serde::de::Error::custom)
 }

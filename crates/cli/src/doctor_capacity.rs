@@ -36,20 +36,9 @@ impl CapacitySection {
     /// Why the defaults would refuse a create now, if they would.
     fn refusal_now(&self) -> Option<String> {
         let reading = self.pressure.as_ref().ok()?;
-        if reading.memory_available_bytes < self.defaults.min_available_memory_bytes {
-            return Some(format!(
-                "refused: MemAvailable {} MiB is below the floor of {} MiB",
-                reading.memory_available_bytes / MIB,
-                self.defaults.min_available_memory_bytes / MIB
-            ));
-        }
-        let stalled = reading.memory_full_avg10?;
-        (stalled > self.defaults.max_memory_full_pressure).then(|| {
-            format!(
-                "refused: memory stall {stalled:.1}% is above {}%",
-                self.defaults.max_memory_full_pressure
-            )
-        })
+        self.defaults
+            .pressure_refusal(reading)
+            .map(|why| format!("refused: {why}"))
     }
 
     fn metric(&self, prefix: &str) -> Option<&str> {

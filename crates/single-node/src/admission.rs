@@ -249,29 +249,9 @@ impl SingleNodeScheduler {
                 ),
             ));
         }
-        let reading = reading?;
-        if reading.memory_available_bytes < limits.min_available_memory_bytes {
-            return Some((
-                RefusalReason::MemoryPressure,
-                format!(
-                    "the host is short of memory: {} MiB available, below the floor of {} MiB \
-                     (setting min-available-memory-mb)",
-                    reading.memory_available_bytes / MIB,
-                    limits.min_available_memory_bytes / MIB
-                ),
-            ));
-        }
-        match reading.memory_full_avg10 {
-            Some(stalled) if stalled > limits.max_memory_full_pressure => Some((
-                RefusalReason::MemoryPressure,
-                format!(
-                    "the host is thrashing: every task stalled on memory {stalled:.1}% of the \
-                     last 10 s (PSI), above {}% (setting max-memory-pressure)",
-                    limits.max_memory_full_pressure
-                ),
-            )),
-            _ => None,
-        }
+        limits
+            .pressure_refusal(reading?)
+            .map(|message| (RefusalReason::MemoryPressure, message))
     }
 
     /// Why `vcpus` more would not fit, if they would not.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::model::SandboxResources;
+use crate::pressure::PressureReading;
 
 const GIB: u64 = 1024 * 1024 * 1024;
 
@@ -132,17 +133,59 @@ impl SingleNodeSchedulerConfig {
             ("cpu_overcommit", self.cpu_overcommit),
             ("memory_overcommit", self.memory_overcommit),
         ] {
-            if !(ratio.is_finite() && (0.1..=100_000.0).contains(&ratio)) {
-                return Err(format!("{name} {ratio} must be between 0.1 and 100000"));
-            }
+            Self::check_ratio(ratio).map_err(|message| format!("{name} {message}"))?;
         }
-        if !(0.0..=100.0).contains(&self.max_memory_full_pressure) {
-            return Err(format!(
-                "max_memory_full_pressure {} must be a percent (0 to 100)",
-                self.max_memory_full_pressure
+        Self::check_percent(self.max_memory_full_pressure)
+            .map_err(|message| format!("max_memory_full_pressure {message}"))?;
+        Ok(())
+    }
+
+    /// An overcommit ratio as a configuration may set it: 0.1 to 100000.
+    ///
+    /// # Errors
+    ///
+    /// A message starting with the value, for any other number (NaN included).
+    pub fn check_ratio(ratio: f64) -> std::result::Result<f64, String> {
+        if (0.1..=100_000.0).contains(&ratio) {
+            Ok(ratio)
+        } else {
+            Err(format!("{ratio} must be between 0.1 and 100000"))
+        }
+    }
+
+    /// A memory stall ceiling as a configuration may set it: a percent, 0 to 100.
+    ///
+    /// # Errors
+    ///
+    /// A message starting with the value, for any other number (NaN included).
+    pub fn check_percent(percent: f64) -> std::result::Result<f64, String> {
+        if (0.0..=100.0).contains(&percent) {
+            Ok(percent)
+        } else {
+            Err(format!("{percent} must be a percent (0 to 100)"))
+        }
+    }
+
+    /// Why a create is refused with the host's memory at `reading`, if it is: `MemAvailable`
+    /// under the floor, or PSI's full stall over the ceiling (not checked without PSI).
+    #[must_use]
+    pub fn pressure_refusal(&self, reading: &PressureReading) -> Option<String> {
+        if reading.memory_available_bytes < self.min_available_memory_bytes {
+            return Some(format!(
+                "the host is short of memory: {} MiB available, below the floor of {} MiB \
+                 (setting min-available-memory-mb)",
+                reading.memory_available_bytes >> 20,
+                self.min_available_memory_bytes >> 20
             ));
         }
-        Ok(())
+        let stalled = reading.memory_full_avg10?;
+        (stalled > self.max_memory_full_pressure).then(|| {
+            format!(
+                "the host is thrashing: every task stalled on memory {stalled:.1}% of the last \
+                 10 s (PSI), above {}% (setting max-memory-pressure)",
+                self.max_memory_full_pressure
+            )
+        })
     }
 }
 
