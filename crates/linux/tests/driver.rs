@@ -277,6 +277,17 @@ mod tests {
         .unwrap()
     }
 
+    /// Whether `done` holds within 20 s, asked every 50 ms.
+    async fn eventually(done: impl Fn() -> bool) -> bool {
+        for _ in 0..400 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     /// A burst that finds the pool empty grows it (up to its ceiling), so that the next
     /// burst is handed out warm; with no burst for `warm_pool_idle` it shrinks back to its
     /// floor, tearing the surplus down.
@@ -324,18 +335,10 @@ mod tests {
         };
         let ready_within = |n: usize| {
             let driver = driver.clone();
-            async move {
-                for _ in 0..400 {
-                    if firkin_single_node::RuntimeDriver::pools(driver.as_ref()).warm_ready == n
-                        && firkin_single_node::RuntimeDriver::pools(driver.as_ref()).warm_target
-                            == n
-                    {
-                        return true;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                false
-            }
+            eventually(move || {
+                let pools = firkin_single_node::RuntimeDriver::pools(driver.as_ref());
+                pools.warm_ready == n && pools.warm_target == n
+            })
         };
 
         // One warm, three found the pool empty: the target grows to the ceiling of 4.
@@ -389,15 +392,7 @@ mod tests {
         let (driver, store) = open_driver(&harness).await;
         let prepared_within = |n: usize| {
             let driver = driver.clone();
-            async move {
-                for _ in 0..200 {
-                    if driver.prepared_ready() == n {
-                        return true;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                false
-            }
+            eventually(move || driver.prepared_ready() == n)
         };
         assert!(prepared_within(1).await, "no directory was prepared");
         let backend = backend_over(&harness, &driver, store).await;
