@@ -89,7 +89,7 @@ fn main() -> ExitCode {
     // that must do nothing else first.
     if std::env::var_os(firkin_linux::sandbox::InitSpec::ENV_SPEC).is_some() {
         // SAFETY: nothing has run yet, so this is the process's only thread, and the status
-        // and go fds the driver passed are untouched; the helper takes them over.
+        // and go pipes the driver passed as stdout and stdin are untouched; the helper takes them over.
         unsafe { firkin_linux::sandbox::init::main_from_env() };
     }
     tracing_subscriber::fmt()

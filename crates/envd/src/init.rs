@@ -41,7 +41,14 @@ pub unsafe fn split_off_server() -> std::io::Result<()> {
     // SAFETY: the caller guarantees a single thread, and blocking signals started none.
     match unsafe { sys::fork_before_threads() }? {
         Forked::Child => sys::block_all_signals(false),
-        Forked::Parent(server) => std::process::exit(reap_and_forward(server)),
+        Forked::Parent(server) => {
+            // PID 1 keeps no file open: a pipe it held (the driver's readiness pipe) would
+            // not end when the server does.
+            // SAFETY: plain system call on numbers; nothing in this process uses them after
+            // the fork (it only waits for signals from here on).
+            unsafe { libc::close_range(3, u32::MAX, 0) };
+            std::process::exit(reap_and_forward(server))
+        }
     }
 }
 

@@ -21,6 +21,11 @@ struct Args {
     /// command lines and environments are readable in /proc.
     #[arg(long, value_name = "FD")]
     access_token_fd: Option<i32>,
+    /// Write `ready` and a newline to this inherited file descriptor once envd accepts
+    /// connections, then close it: the Linux driver waits for that line (or for the pipe to
+    /// end, when envd fails to start) instead of polling `/health`.
+    #[arg(long, value_name = "FD")]
+    ready_fd: Option<i32>,
     /// User for requests that name none (default: `user` when it exists, else root).
     #[arg(long)]
     default_user: Option<String>,
@@ -68,6 +73,20 @@ fn main() -> anyhow::Result<()> {
         .map(|fd| unsafe { firkin_envd::access_token::read_from_fd(fd) })
         .transpose()
         .context("--access-token-fd")?;
+    let ready = args
+        .ready_fd
+        // SAFETY: as the token's: handed to envd for this alone, and nothing has run yet.
+        .map(|fd| unsafe { firkin_envd::sys::take_inherited_fd(fd) })
+        .transpose()
+        .and_then(|fd| {
+            // Never inherited by what envd starts, even if it outlived its write.
+            fd.map(|fd| {
+                rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+                Ok(std::fs::File::from(fd))
+            })
+            .transpose()
+        })
+        .context("--ready-fd")?;
     // Before any thread exists: PID 1 forks off the server and stays behind as the reaper.
     if args.init || rustix::process::getpid() == rustix::process::Pid::INIT {
         // SAFETY: no thread has been started yet: the subscriber and the argument parser run
@@ -94,6 +113,13 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listen on {}", args.listen))?;
+        if let Some(mut ready) = ready {
+            // Before any command runs (the start command below): none inherits the pipe.
+            // A reader that stopped waiting is no reason to stop serving.
+            if let Err(error) = std::io::Write::write_all(&mut ready, b"ready\n") {
+                tracing::warn!("--ready-fd: {error}");
+            }
+        }
         let envd = Envd::new(settings, users);
         if let Some(command) = args.start_cmd {
             firkin_envd::process::start_template_command(&envd, &command)

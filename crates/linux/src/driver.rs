@@ -5,7 +5,7 @@
 //! disk of its own (see [`crate::disk`]) with its overlay upper and work directories, its own
 //! `/etc/hosts` and `/etc/hostname`, its cgroup with the
 //! requested limits, a slot from the pool, the launch (see [`crate::sandbox`]), then the wait
-//! until envd answers `/health` on the slot's address, and the env vars pushed through
+//! until envd says it serves (on the launch's status pipe), and the env vars pushed through
 //! `/init`. Most creates skip all but the last step: they hand out a sandbox of the warm pool
 //! (see [`crate::warm`]), started ahead in the same way, after writing the request's limits,
 //! hostname and egress into it; with the pool empty, a create starts its own.
@@ -445,20 +445,18 @@ impl Core {
             count: 65_536,
         };
         let procs = cgroup.procs_paths();
-        let address = SocketAddr::new(slot.sandbox_ip.into(), ENVD_PORT);
         let timeout = self.config.ready_timeout;
         phases.push(("slot", step.elapsed()));
         let launched = tokio::task::spawn_blocking(move || {
             let began = Instant::now();
             let launched = launch(&helper, &spec, ids, &procs).map_err(launch_failed)?;
             let launch_time = began.elapsed();
-            if !envd_probe::wait_until_healthy(address, timeout, envd_probe::READY_POLL) {
-                return Err(launch_failed(format!(
-                    "envd did not answer within {timeout:?}"
-                )));
-            }
+            let pid1 = launched.pid1;
+            launched
+                .wait_until_serving(timeout)
+                .map_err(launch_failed)?;
             Ok((
-                launched,
+                pid1,
                 launch_time,
                 began.elapsed().saturating_sub(launch_time),
             ))
@@ -466,7 +464,7 @@ impl Core {
         .await
         .map_err(launch_failed)
         .and_then(|launched| launched);
-        let (launched, launch_time, ready) = match launched {
+        let (pid1, launch_time, ready) = match launched {
             Ok(launched) => launched,
             Err(error) => {
                 let _ = cgroup.remove();
@@ -480,8 +478,8 @@ impl Core {
         phases.push(("envd_ready", ready));
         Ok(Started {
             handle: Handle {
-                pid1: launched.pid1,
-                start_time: start_time(launched.pid1).unwrap_or_default(),
+                pid1,
+                start_time: start_time(pid1).unwrap_or_default(),
                 cgroup: cgroup.handle().clone(),
                 slot,
                 dir,

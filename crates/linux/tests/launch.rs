@@ -131,6 +131,42 @@ mod tests {
             })
     }
 
+    /// A sandbox of the tiny template under `base` (made here) with `envd` as its PID 1.
+    fn sandbox_spec(base: &Path, envd: PathBuf) -> InitSpec {
+        let (lower, upper, work, root) = (
+            base.join("lower"),
+            base.join("upper"),
+            base.join("work"),
+            base.join("root"),
+        );
+        template(&lower);
+        for dir in [&upper, &work, &root] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        chown_tree(&upper, SHIFT, SHIFT);
+        chown_tree(&work, SHIFT, SHIFT);
+        InitSpec {
+            hostname: "sbx-launch-test".to_owned(),
+            netns: None,
+            lower_dirs: vec![lower],
+            upper_dir: upper,
+            work_dir: work,
+            root_dir: root,
+            layers: vec![firkin_linux::sandbox::LayerMount {
+                source: PathBuf::from("/usr"),
+                target: PathBuf::from("/usr"),
+                overlay: None,
+            }],
+            envd_binary: envd,
+            envd_args: ["--listen", "0.0.0.0:49983", "--default-user", "root"]
+                .map(String::from)
+                .to_vec(),
+            envd_env: vec![],
+            envd_access_token: None,
+            no_new_privs: true,
+        }
+    }
+
     #[test]
     fn a_sandbox_serves_envd_as_pid1_and_dies_whole() {
         if !firkin_test_support::root_or_skip("launch test") {
@@ -145,38 +181,8 @@ mod tests {
             return;
         }
         let base = tempfile::tempdir().unwrap();
-        let (lower, upper, work, root) = (
-            base.path().join("lower"),
-            base.path().join("upper"),
-            base.path().join("work"),
-            base.path().join("root"),
-        );
-        template(&lower);
-        for dir in [&upper, &work, &root] {
-            std::fs::create_dir(dir).unwrap();
-        }
-        chown_tree(&upper, SHIFT, SHIFT);
-        chown_tree(&work, SHIFT, SHIFT);
-        let spec = InitSpec {
-            hostname: "sbx-launch-test".to_owned(),
-            netns: None,
-            lower_dirs: vec![lower.clone()],
-            upper_dir: upper.clone(),
-            work_dir: work,
-            root_dir: root.clone(),
-            layers: vec![firkin_linux::sandbox::LayerMount {
-                source: PathBuf::from("/usr"),
-                target: PathBuf::from("/usr"),
-                overlay: None,
-            }],
-            envd_binary: envd,
-            envd_args: ["--listen", "0.0.0.0:49983", "--default-user", "root"]
-                .map(String::from)
-                .to_vec(),
-            envd_env: vec![],
-            envd_access_token: None,
-            no_new_privs: true,
-        };
+        let spec = sandbox_spec(base.path(), envd);
+        let (upper, root) = (spec.upper_dir.clone(), spec.root_dir.clone());
         let layout = firkin_linux::cgroup::CgroupLayout::detect().unwrap();
         let name = format!("launch-test-{}", std::process::id());
         let limits = firkin_linux::cgroup::CgroupLimits {
@@ -202,14 +208,11 @@ mod tests {
         let pid1 = launched.pid1;
         // Whatever happens below, the sandbox goes with the test.
         let _reaper = KillOnDrop(pid1, cgroup.handle().clone());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let health = loop {
-            if let Some(response) = get_inside(pid1, "/health") {
-                break response;
-            }
-            assert!(Instant::now() < deadline, "envd did not answer within 10 s");
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        // Once envd says it serves, /health answers at the first try.
+        launched
+            .wait_until_serving(Duration::from_secs(10))
+            .unwrap();
+        let health = get_inside(pid1, "/health").expect("envd said ready but does not answer");
         eprintln!("launch -> envd answering: {:?}", started.elapsed());
         assert!(health.starts_with("HTTP/1.1 204"), "{health}");
 
@@ -324,5 +327,50 @@ mod tests {
             "writes land in the upper dir"
         );
         drop(base);
+    }
+
+    /// A PID 1 whose envd dies before serving is reported at once, with the pipe's end, not
+    /// after the whole timeout.
+    #[test]
+    fn an_envd_that_dies_before_serving_fails_the_launch_at_once() {
+        if !firkin_test_support::root_or_skip("launch test") {
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        // `false` as envd: it exits 1 at once, without a word on the status pipe.
+        let spec = sandbox_spec(base.path(), PathBuf::from("/bin/false"));
+        let layout = firkin_linux::cgroup::CgroupLayout::detect().unwrap();
+        let name = format!("launch-dies-{}", std::process::id());
+        let cgroup = firkin_linux::cgroup::SandboxCgroup::create(
+            &layout,
+            &name,
+            &firkin_linux::cgroup::CgroupLimits::default(),
+        )
+        .unwrap();
+        let ids = IdMap {
+            host_start: SHIFT,
+            count: 65_536,
+        };
+        let helper = Path::new(env!("CARGO_BIN_EXE_firkin-sandbox-init"));
+        let launched = launch(helper, &spec, ids, &cgroup.procs_paths());
+        let started = Instant::now();
+        let outcome = launched.map(|launched| {
+            let _reaper = KillOnDrop(launched.pid1, cgroup.handle().clone());
+            launched.wait_until_serving(Duration::from_secs(60))
+        });
+        let waited = started.elapsed();
+        let _ = cgroup.kill();
+        let _ = cgroup.remove();
+        let error = outcome.unwrap().unwrap_err().to_string();
+        assert!(
+            error.contains("exited before it served"),
+            "unexpected error: {error}"
+        );
+        assert!(
+            waited < Duration::from_secs(30),
+            "the failure waited {waited:?} of the 60 s timeout"
+        );
+        let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!host_mounts.contains(base.path().to_str().unwrap()));
     }
 }

@@ -4,6 +4,6 @@
 #[allow(unsafe_code)]
 fn main() {
     // SAFETY: first thing in `main`, so this process has its only thread; the driver started
-    // it with the status and go fds for it alone, and nothing here has touched them.
+    // it with its go and status pipes as stdin and stdout, and nothing here has touched them.
     unsafe { firkin_linux::sandbox::init::main_from_env() }
 }

@@ -1,11 +1,12 @@
 //! The init helper's side of a launch (see the [module docs](super)). Runs in
 //! `firkin-sandbox-init`, a fresh single-threaded process started by the driver as host root.
-// Forking and adopting inherited fds: sound only under the contract `main_from_env` states.
+// Forking, and adopting the pipes on stdin and stdout: sound only under the contract
+// `main_from_env` states.
 #![allow(unsafe_code)]
 
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -16,16 +17,17 @@ use crate::sandbox::InitSpec;
 use crate::sandbox::cgroup_view::CgroupBind;
 use crate::sys::{self, Forked};
 
-/// Run the helper: read the spec and pipes from the environment, build the sandbox, and
-/// never return on success (the helper exits after the fork; PID 1 becomes envd).
+/// Run the helper: read the spec from the environment and the driver's pipes from stdin and
+/// stdout, build the sandbox, and never return on success (the helper exits after the fork;
+/// PID 1 becomes envd).
 ///
 /// # Safety
 ///
 /// Call it first thing in `main` of a process the driver started as the init helper:
 /// - the process must have exactly one thread (it forks, and the child runs on);
-/// - the file descriptors named by [`InitSpec::ENV_STATUS_FD`] and [`InitSpec::ENV_GO_FD`]
-///   must be open and owned by nothing else in the process: the helper takes ownership of
-///   them (and closes them).
+/// - its stdin and stdout must be the driver's go and status pipes, used by nothing else in
+///   the process: the helper takes them over, and points both streams at `/dev/null` for
+///   what it starts.
 ///
 /// The contract is the caller's to keep, so a call outside `unsafe` does not compile:
 ///
@@ -33,16 +35,15 @@ use crate::sys::{self, Forked};
 /// firkin_linux::sandbox::init::main_from_env();
 /// ```
 pub unsafe fn main_from_env() -> ! {
-    // SAFETY: the caller hands over the status fd (see above) and calls this once.
-    let mut status = match unsafe { status_pipe() } {
-        Ok(file) => file,
+    let (mut status, go) = match take_pipes() {
+        Ok(pipes) => pipes,
         Err(error) => {
-            eprintln!("firkin-sandbox-init: no status pipe: {error}");
+            eprintln!("firkin-sandbox-init: no status and go pipes: {error}");
             std::process::exit(2);
         }
     };
-    // SAFETY: the caller guarantees a single thread and that the go fd is ours alone.
-    let error = match unsafe { run(&mut status) } {
+    // SAFETY: the caller guarantees a single thread.
+    let error = match unsafe { run(&mut status, go) } {
         Ok(never) => match never {},
         Err(error) => error,
     };
@@ -52,34 +53,55 @@ pub unsafe fn main_from_env() -> ! {
 
 enum Never {}
 
-/// The file descriptor whose number the environment variable `name` holds, as an owned fd.
-///
-/// # Safety
-///
-/// That fd must be open and owned by nothing else in this process (it will be closed when
-/// the result is dropped), so call this at most once per variable.
-unsafe fn env_fd(name: &str) -> io::Result<OwnedFd> {
-    let raw: i32 = std::env::var(name)
-        .map_err(|_| io::Error::other(format!("{name} is not set")))?
-        .parse()
-        .map_err(|_| io::Error::other(format!("{name} is not a file descriptor")))?;
-    if raw < 3 {
-        return Err(io::Error::other(format!("{name}={raw} is not a pipe")));
-    }
-    // SAFETY: the caller guarantees `raw` is open and owned by nothing else (the driver
-    // created it for this helper alone and cleared its close-on-exec flag); ≥ 3, so it is
-    // not one of the standard streams std may use.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+/// The status pipe (stdout) and the go pipe (stdin), moved off the standard streams, which
+/// then read and write `/dev/null`, as envd's do.
+fn take_pipes() -> io::Result<(File, BufReader<File>)> {
+    let status = rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdout(), 3)?;
+    let go = rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdin(), 3)?;
+    let null = File::options().read(true).write(true).open("/dev/null")?;
+    rustix::stdio::dup2_stdin(&null)?;
+    rustix::stdio::dup2_stdout(&null)?;
+    Ok((File::from(status), BufReader::new(File::from(go))))
 }
 
-/// The status pipe's write end.
-///
-/// # Safety
-///
-/// As [`env_fd`]: call it once.
-unsafe fn status_pipe() -> io::Result<File> {
-    // SAFETY: passed on to the caller.
-    Ok(File::from(unsafe { env_fd(InitSpec::ENV_STATUS_FD) }?))
+/// Join the sandbox's cgroups ("0" is the writing process) before any namespace exists, so
+/// that the cgroup namespace's root is the sandbox's cgroup; then leave the daemon's session,
+/// so that terminal signals to the daemon do not reach the sandbox.
+fn join_cgroups_and_leave_session() -> io::Result<()> {
+    let procs: Vec<PathBuf> = serde_json::from_str(
+        &std::env::var(InitSpec::ENV_CGROUP_PROCS)
+            .map_err(|_| io::Error::other("no cgroups named"))?,
+    )
+    .map_err(|error| io::Error::other(format!("bad cgroup list: {error}")))?;
+    for path in &procs {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut file| file.write_all(b"0"))
+            .map_err(context(format!("join {}", path.display())))?;
+    }
+    rustix::process::setsid().map_err(|e| context("setsid")(e.into()))?;
+    Ok(())
+}
+
+/// Waits for the driver's go line (`go`, then envd's access token if any; see
+/// `spawn::go_line`); returns a pipe holding the token, for envd to read to its end.
+fn wait_for_go(go: &mut BufReader<File>) -> io::Result<Option<OwnedFd>> {
+    let mut line = String::new();
+    if go.read_line(&mut line)? == 0 {
+        return Err(io::Error::other(
+            "the driver went away before writing the id maps",
+        ));
+    }
+    let token = match line.trim_end_matches('\n').split_once(' ') {
+        None if line == "go\n" => return Ok(None),
+        Some(("go", token)) if !token.is_empty() => token,
+        _ => return Err(io::Error::other("bad go line from the driver")),
+    };
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // A token fits the pipe's buffer (64 KiB): the write never waits for a reader.
+    File::from(write).write_all(token.as_bytes())?;
+    Ok(Some(read))
 }
 
 fn context(what: impl Into<String>) -> impl FnOnce(io::Error) -> io::Error {
@@ -91,14 +113,13 @@ fn context(what: impl Into<String>) -> impl FnOnce(io::Error) -> io::Error {
 ///
 /// # Safety
 ///
-/// As [`main_from_env`]: one thread only, and the go fd owned by nothing else; call it once.
-unsafe fn run(status: &mut File) -> io::Result<Never> {
+/// As [`main_from_env`]: one thread only; call it once.
+unsafe fn run(status: &mut File, mut go: BufReader<File>) -> io::Result<Never> {
     let spec: InitSpec = serde_json::from_str(
         &std::env::var(InitSpec::ENV_SPEC).map_err(|_| io::Error::other("no spec"))?,
     )
     .map_err(|error| io::Error::other(format!("bad spec: {error}")))?;
-    // SAFETY: the caller hands the go fd over, and this is the only place that takes it.
-    let mut go = File::from(unsafe { env_fd(InitSpec::ENV_GO_FD) }?);
+    join_cgroups_and_leave_session()?;
 
     // 1. The network namespace, while still host root in the initial user namespace.
     match &spec.netns {
@@ -136,12 +157,7 @@ unsafe fn run(status: &mut File) -> io::Result<Never> {
     )
     .map_err(context("unshare the sandbox namespaces"))?;
     status.write_all(b"maps\n")?;
-    let mut byte = [0_u8; 1];
-    if go.read(&mut byte)? == 0 {
-        return Err(io::Error::other(
-            "the driver went away before writing the id maps",
-        ));
-    }
+    let token = wait_for_go(&mut go)?;
 
     // 3. Root of the new user namespace: without this the helper keeps an unmapped identity
     //    and files it creates belong to host root.
@@ -162,7 +178,7 @@ unsafe fn run(status: &mut File) -> io::Result<Never> {
             writeln!(status, "pid {pid}")?;
             std::process::exit(0);
         }
-        Forked::Child => become_pid1(&spec, &cgroup_binds),
+        Forked::Child => become_pid1(&spec, &cgroup_binds, token, status),
     }
 }
 
@@ -247,17 +263,33 @@ fn mount_overlay(lower: &str, upper: &Path, work: &Path, target: &Path) -> io::R
     )))
 }
 
-/// PID 1: the kernel file systems, `/dev`, envd, `pivot_root`, exec.
-fn become_pid1(spec: &InitSpec, cgroup_binds: &[CgroupBind]) -> ! {
-    let error = match pid1_setup(spec, cgroup_binds) {
+/// PID 1: the kernel file systems, `/dev`, envd, `pivot_root`, exec. Failures go to the
+/// status pipe (the driver waits there for envd's `ready`) and to stderr.
+fn become_pid1(
+    spec: &InitSpec,
+    cgroup_binds: &[CgroupBind],
+    token: Option<OwnedFd>,
+    status: &mut File,
+) -> ! {
+    let error = match pid1_setup(spec, cgroup_binds, token, status) {
         Ok(never) => match never {},
         Err(error) => error,
     };
     eprintln!("firkin-sandbox-init: PID 1: {error}");
+    let _ = writeln!(
+        status,
+        "err PID 1: {}",
+        error.to_string().replace('\n', " ")
+    );
     std::process::exit(1);
 }
 
-fn pid1_setup(spec: &InitSpec, cgroup_binds: &[CgroupBind]) -> io::Result<Never> {
+fn pid1_setup(
+    spec: &InitSpec,
+    cgroup_binds: &[CgroupBind],
+    token: Option<OwnedFd>,
+    status: &File,
+) -> io::Result<Never> {
     let root = &spec.root_dir;
     let at = |path: &str| inside(root, Path::new(path));
     let nosuid_nodev_noexec = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
@@ -317,14 +349,24 @@ fn pid1_setup(spec: &InitSpec, cgroup_binds: &[CgroupBind]) -> io::Result<Never>
         sys::install_seccomp(program).map_err(context("install the seccomp profile"))?;
     }
 
-    // The token's pipe stays open across the exec (the driver cleared its close-on-exec
-    // flag); envd reads it and closes it before anything else.
-    let token_fd = std::env::var(InitSpec::ENV_TOKEN_FD)
-        .ok()
-        .map(|fd| ["--access-token-fd".to_owned(), fd]);
+    // The token's pipe stays open across the exec; envd reads it and closes it before
+    // anything else.
+    let token_fd = match &token {
+        Some(fd) => {
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
+                .map_err(|e| context("pass envd its token")(e.into()))?;
+            Some(["--access-token-fd".to_owned(), fd.as_raw_fd().to_string()])
+        }
+        None => None,
+    };
+    // envd says `ready` on the status pipe once it serves, and closes it.
+    rustix::io::fcntl_setfd(status, rustix::io::FdFlags::empty())
+        .map_err(|e| context("pass envd the status pipe")(e.into()))?;
+    let ready_fd = ["--ready-fd".to_owned(), status.as_raw_fd().to_string()];
     let error = std::process::Command::new(InitSpec::ENVD_PATH)
         .args(&spec.envd_args)
         .args(token_fd.iter().flatten())
+        .args(ready_fd)
         .env_clear()
         .envs(spec.envd_env.iter().map(|(k, v)| (k, v)))
         .exec();

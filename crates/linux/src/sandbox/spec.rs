@@ -26,8 +26,8 @@ pub struct InitSpec {
     /// envd's environment.
     pub envd_env: Vec<(String, String)>,
     /// The token envd demands of every request. Never serialized: [`crate::sandbox::spawn::launch`]
-    /// hands it over in a pipe that envd inherits and reads (`--access-token-fd`), so it
-    /// appears on no command line and in no environment.
+    /// hands it to the helper on its go pipe, and the helper to envd in a pipe of its own
+    /// (`--access-token-fd`), so it appears on no command line and in no environment.
     #[serde(skip)]
     pub envd_access_token: Option<EnvdAccessToken>,
     /// Set `no_new_privs` on PID 1 (and so on every process of the sandbox): setuid binaries
@@ -64,11 +64,8 @@ impl InitSpec {
     pub const ENVD_PATH: &'static str = "/run/firkin/envd";
     /// Environment variable carrying the JSON spec to the helper.
     pub const ENV_SPEC: &'static str = "FIRKIN_INIT_SPEC";
-    /// Environment variable carrying the status pipe's fd (helper → driver).
-    pub const ENV_STATUS_FD: &'static str = "FIRKIN_INIT_STATUS_FD";
-    /// Environment variable carrying the go pipe's fd (driver → helper).
-    pub const ENV_GO_FD: &'static str = "FIRKIN_INIT_GO_FD";
-    /// Environment variable carrying the fd of the pipe holding envd's access token (driver →
-    /// envd, through the helper, which only passes the fd on as `--access-token-fd`).
-    pub const ENV_TOKEN_FD: &'static str = "FIRKIN_INIT_TOKEN_FD";
+    /// Environment variable carrying the `cgroup.procs` files the helper joins first (a JSON
+    /// list of paths), so that the sandbox's every process and its cgroup namespace start
+    /// inside the sandbox's cgroups.
+    pub const ENV_CGROUP_PROCS: &'static str = "FIRKIN_INIT_CGROUP_PROCS";
 }
