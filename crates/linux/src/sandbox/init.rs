@@ -47,11 +47,20 @@ pub unsafe fn main_from_env() -> ! {
         Ok(never) => match never {},
         Err(error) => error,
     };
-    let _ = writeln!(status, "err {}", error.to_string().replace('\n', " "));
+    let _ = report(
+        &mut status,
+        &format!("err {}", error.to_string().replace('\n', " ")),
+    );
     std::process::exit(1);
 }
 
 enum Never {}
+
+/// One status line in one write: PID 1 and envd share the pipe once PID 1 exists, and a pipe
+/// keeps a write of up to 4 KiB whole, where `writeln!` may split a line between writes.
+fn report(status: &mut File, line: &str) -> io::Result<()> {
+    status.write_all(format!("{line}\n").as_bytes())
+}
 
 /// The status pipe (stdout) and the go pipe (stdin), moved off the standard streams, which
 /// then read and write `/dev/null`, as envd's do.
@@ -156,7 +165,7 @@ unsafe fn run(status: &mut File, mut go: BufReader<File>) -> io::Result<Never> {
             | UnshareFlags::NEWCGROUP,
     )
     .map_err(context("unshare the sandbox namespaces"))?;
-    status.write_all(b"maps\n")?;
+    report(status, "maps")?;
     let token = wait_for_go(&mut go)?;
 
     // 3. Root of the new user namespace: without this the helper keeps an unmapped identity
@@ -175,7 +184,7 @@ unsafe fn run(status: &mut File, mut go: BufReader<File>) -> io::Result<Never> {
     // SAFETY: the caller guarantees a single thread, and nothing above started one.
     match unsafe { sys::fork_single_threaded() }.map_err(context("fork PID 1"))? {
         Forked::Parent(pid) => {
-            writeln!(status, "pid {pid}")?;
+            report(status, &format!("pid {pid}"))?;
             std::process::exit(0);
         }
         Forked::Child => become_pid1(&spec, &cgroup_binds, token, status),
@@ -276,10 +285,9 @@ fn become_pid1(
         Err(error) => error,
     };
     eprintln!("firkin-sandbox-init: PID 1: {error}");
-    let _ = writeln!(
+    let _ = report(
         status,
-        "err PID 1: {}",
-        error.to_string().replace('\n', " ")
+        &format!("err PID 1: {}", error.to_string().replace('\n', " ")),
     );
     std::process::exit(1);
 }

@@ -25,6 +25,8 @@ pub struct Launched {
     pub pid1: u32,
     /// The status pipe, on which envd says `ready` (see [`Launched::wait_until_serving`]).
     status: BufReader<File>,
+    /// envd said `ready` before the helper reported PID 1 (it may, as they share the pipe).
+    ready: bool,
 }
 
 impl Launched {
@@ -37,6 +39,9 @@ impl Launched {
     ///
     /// [`LaunchError::Setup`] with PID 1's report, envd's exit, or the timeout.
     pub fn wait_until_serving(mut self, timeout: Duration) -> Result<(), LaunchError> {
+        if self.ready {
+            return Ok(());
+        }
         let deadline = Instant::now() + timeout;
         if self.status.buffer().is_empty() && !self.readable_before(deadline)? {
             return Err(LaunchError::Setup(format!(
@@ -190,6 +195,7 @@ fn converse(
 ) -> Result<Launched, LaunchError> {
     let mut status = BufReader::new(File::from(status));
     let mut go = File::from(go);
+    let mut ready = false;
     loop {
         let mut line = String::new();
         if status
@@ -211,7 +217,13 @@ fn converse(
             let pid1 = pid.parse().map_err(|_| {
                 LaunchError::Setup(format!("the helper reported a bad pid {pid:?}"))
             })?;
-            return Ok(Launched { pid1, status });
+            return Ok(Launched {
+                pid1,
+                status,
+                ready,
+            });
+        } else if line == "ready" {
+            ready = true;
         } else if let Some(message) = line.strip_prefix("err ") {
             return Err(LaunchError::Setup(message.to_owned()));
         } else {
@@ -380,6 +392,56 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the driver makes of `written` on the status pipe, the helper then gone.
+    fn launched_from(written: &str) -> Result<Launched, LaunchError> {
+        let (status_read, status_write) = pipe().unwrap();
+        let (_go_read, go_write) = pipe().unwrap();
+        File::from(status_write)
+            .write_all(written.as_bytes())
+            .unwrap();
+        let ids = IdMap {
+            host_start: 100_000,
+            count: 65_536,
+        };
+        converse(0, ids, status_read, go_write, None)
+    }
+
+    fn serving(written: &str) -> Result<(), String> {
+        let launched = launched_from(written).map_err(|e| e.to_string())?;
+        assert_eq!(launched.pid1, 42);
+        launched
+            .wait_until_serving(Duration::from_secs(5))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn envd_is_serving_once_it_says_ready_before_or_after_pid_1_is_reported() {
+        assert_eq!(serving("pid 42\nready\n"), Ok(()));
+        // PID 1 and envd share the pipe with the helper: envd may be first.
+        assert_eq!(serving("ready\npid 42\n"), Ok(()));
+    }
+
+    #[test]
+    fn a_pid_1_that_fails_or_dies_fails_the_wait_at_once_with_its_reason() {
+        assert_eq!(
+            serving("pid 42\nerr PID 1: mount /proc: EPERM\n"),
+            Err("sandbox setup failed: PID 1: mount /proc: EPERM".to_owned())
+        );
+        let ended = serving("pid 42\n").unwrap_err();
+        assert!(ended.contains("exited before it served"), "{ended}");
+        let helper = launched_from("err unshare the sandbox namespaces: EPERM\n").unwrap_err();
+        assert_eq!(
+            helper.to_string(),
+            "sandbox setup failed: unshare the sandbox namespaces: EPERM"
+        );
+    }
+
+    #[test]
+    fn the_go_line_carries_the_token_when_there_is_one() {
+        assert_eq!(go_line(Some("abc")), "go abc\n");
+        assert_eq!(go_line(None), "go\n");
+    }
 
     #[test]
     fn oom_protection_follows_cap_sys_resource_and_is_cached() {
