@@ -1,0 +1,26 @@
+//! `firkin-image`: the image and template store's bottom layer.
+//!
+//! An OCI image is a stack of layers, each a tar archive (plain, gzip or zstd) of the files it
+//! adds, changes or deletes. This crate unpacks a layer into a directory that overlayfs can
+//! use as a lower layer, and keeps unpacked layers in a store addressed by their content
+//! (the digest of the uncompressed tar, the image config's `diff_id`), so that templates
+//! sharing a base share its layers on disk.
+//!
+//! Unpacking treats the archive as hostile ([`unpack`]): no entry may write outside the layer
+//! directory, through a symlink or a `..`, or by a hard link to a file outside it; device
+//! nodes are skipped; ownership is moved into the sandboxes' id range; the archive's digests
+//! are checked before the layer becomes visible, and a layer is visible whole or not at all
+//! ([`LayerStore`]).
+//!
+//! Registry pulls, template metadata and builds come on top of this (the templates issue);
+//! `firkin-linux` only mounts the directories it is handed.
+
+pub mod digest;
+mod error;
+pub mod store;
+pub mod unpack;
+
+pub use digest::Digest;
+pub use error::UnpackError;
+pub use store::{Expected, LayerStore, StoredLayer};
+pub use unpack::{IdShift, UnpackOptions, UnpackReport};

@@ -1,0 +1,182 @@
+//! The content-addressed layer store: `<root>/layers/sha256/<hex of the diff_id>/`, one
+//! unpacked layer per directory, shared by every template whose image has that layer.
+//!
+//! A layer is unpacked into `<root>/tmp/<unique>`, its digests are checked, the file system is
+//! synced, and only then is the directory renamed into `layers/`: a layer there is whole and
+//! verified, and a half-unpacked one (an error, a crash) is never visible. `tmp/` is emptied
+//! when the store is opened, so a crash leaves nothing behind for long.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::Digest;
+use crate::error::UnpackError;
+use crate::unpack::{UnpackOptions, UnpackReport, unpack};
+
+/// The store (see the module docs).
+#[derive(Debug)]
+pub struct LayerStore {
+    root: PathBuf,
+    options: UnpackOptions,
+}
+
+/// A layer in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLayer {
+    /// The digest of its uncompressed tar: its name in the store.
+    pub diff_id: Digest,
+    /// Its directory, an overlay lower layer.
+    pub path: PathBuf,
+    /// What unpacking it found; `None` when it was in the store already.
+    pub report: Option<UnpackReport>,
+}
+
+/// What the caller knows of a layer before unpacking it; each given digest is checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// The digest of the stream as given (a manifest's layer `digest`).
+    pub digest: Option<Digest>,
+    /// The digest of the uncompressed tar (the config's `diff_id`).
+    pub diff_id: Option<Digest>,
+}
+
+impl LayerStore {
+    /// Opens (making it if needed) the store at `root`, which unpacks with `options`, and
+    /// removes what a crashed unpack left in `tmp/`.
+    ///
+    /// # Errors
+    ///
+    /// The directories cannot be made or cleared.
+    pub fn open(root: impl Into<PathBuf>, options: UnpackOptions) -> Result<Self, UnpackError> {
+        let store = Self {
+            root: root.into(),
+            options,
+        };
+        for dir in [store.layers_dir(), store.tmp_dir()] {
+            std::fs::create_dir_all(&dir).map_err(UnpackError::io("create", &dir))?;
+        }
+        let tmp = store.tmp_dir();
+        let entries = std::fs::read_dir(&tmp).map_err(UnpackError::io("list", &tmp))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            tracing::warn!(path = %path.display(), "removing a half-unpacked layer");
+            std::fs::remove_dir_all(&path).map_err(UnpackError::io("remove", &path))?;
+        }
+        Ok(store)
+    }
+
+    /// Where the layer `diff_id` lives (whether or not it is there).
+    #[must_use]
+    pub fn layer_path(&self, diff_id: &Digest) -> PathBuf {
+        self.layers_dir().join(diff_id.hex())
+    }
+
+    /// The layer `diff_id`, if the store has it.
+    #[must_use]
+    pub fn get(&self, diff_id: &Digest) -> Option<StoredLayer> {
+        let path = self.layer_path(diff_id);
+        path.is_dir().then_some(StoredLayer {
+            diff_id: *diff_id,
+            path,
+            report: None,
+        })
+    }
+
+    /// Unpacks the layer archive `blob` into the store, checking the digests in `expected`.
+    /// When the store already has the layer (`expected.diff_id` names one it has), nothing is
+    /// read.
+    ///
+    /// # Errors
+    ///
+    /// [`UnpackError`]; the store is then as it was.
+    pub fn unpack(&self, blob: impl Read, expected: Expected) -> Result<StoredLayer, UnpackError> {
+        if let Some(layer) = expected.diff_id.as_ref().and_then(|id| self.get(id)) {
+            return Ok(layer);
+        }
+        let tmp = TempDir::new(&self.tmp_dir())?;
+        let report = unpack(blob, &tmp.path, &self.options)?;
+        for (which, expected, actual) in [
+            ("digest", expected.digest, report.digest),
+            ("diff_id", expected.diff_id, report.diff_id),
+        ] {
+            if let Some(expected) = expected
+                && expected != actual
+            {
+                return Err(UnpackError::DigestMismatch {
+                    which,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        sync_file_system(&tmp.path)?;
+        let path = self.layer_path(&report.diff_id);
+        match std::fs::rename(&tmp.path, &path) {
+            Ok(()) => tmp.keep(),
+            // Unpacked meanwhile by another caller: theirs stays, ours goes (the guard).
+            Err(_) if path.is_dir() => {}
+            Err(error) => return Err(UnpackError::io("move the layer to", &path)(error)),
+        }
+        sync_file_system(&self.layers_dir())?;
+        Ok(StoredLayer {
+            diff_id: report.diff_id,
+            path,
+            report: Some(report),
+        })
+    }
+
+    fn layers_dir(&self) -> PathBuf {
+        self.root.join("layers/sha256")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+}
+
+/// Flushes the file system holding `path` (the layer's files, then the rename).
+fn sync_file_system(path: &Path) -> Result<(), UnpackError> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .and_then(rustix::fs::syncfs)
+    .map_err(|e| UnpackError::io("sync", path)(e.into()))
+}
+
+/// A directory of `tmp/` that is removed when dropped, unless kept.
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    fn new(tmp: &Path) -> Result<Self, UnpackError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = tmp.join(format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&path).map_err(UnpackError::io("create", &path))?;
+        Ok(Self { path, keep: false })
+    }
+
+    fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(error) = std::fs::remove_dir_all(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), %error, "could not remove a half-unpacked layer");
+        }
+    }
+}
