@@ -12,15 +12,18 @@
 //! are checked before the layer becomes visible, and a layer is visible whole or not at all
 //! ([`LayerStore`]).
 //!
-//! Registry pulls, template metadata and builds come on top of this (the templates issue);
-//! `firkin-linux` only mounts the directories it is handed.
+//! Images come in from an OCI image layout directory ([`import_layout`]). Registry pulls,
+//! `docker save` archives, template metadata and builds come on top of this (the templates
+//! issue); `firkin-linux` only mounts the directories it is handed.
 
 pub mod digest;
 mod error;
+pub mod layout;
 pub mod store;
 pub mod unpack;
 
 pub use digest::Digest;
 pub use error::UnpackError;
+pub use layout::{Image, ImageConfig, ImportError, import_layout};
 pub use store::{Expected, LayerStore, StoredLayer};
 pub use unpack::{IdShift, UnpackOptions, UnpackReport};
