@@ -342,7 +342,7 @@ fn descriptor_digest(descriptor: &Descriptor) -> Result<Digest, ImportError> {
         })
 }
 
-fn image_config(config: &ImageConfiguration) -> ImageConfig {
+pub(crate) fn image_config(config: &ImageConfiguration) -> ImageConfig {
     let Some(c) = config.config() else {
         return ImageConfig::default();
     };

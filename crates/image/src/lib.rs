@@ -12,17 +12,19 @@
 //! are checked before the layer becomes visible, and a layer is visible whole or not at all
 //! ([`LayerStore`]).
 //!
-//! Images come in from an OCI image layout directory ([`import_layout`]). Registry pulls,
-//! `docker save` archives, template metadata and builds come on top of this (the templates
-//! issue); `firkin-linux` only mounts the directories it is handed.
+//! Images come in from an OCI image layout directory ([`import_layout`]) or a `docker save`
+//! archive ([`import_docker_archive`]). Registry pulls, template metadata and builds come on
+//! top of this (the templates issue); `firkin-linux` only mounts the directories it is handed.
 
 pub mod digest;
+mod docker_archive;
 mod error;
 pub mod layout;
 pub mod store;
 pub mod unpack;
 
 pub use digest::Digest;
+pub use docker_archive::import_docker_archive;
 pub use error::UnpackError;
 pub use layout::{Image, ImageConfig, ImportError, import_layout};
 pub use store::{Expected, LayerStore, StoredLayer};
