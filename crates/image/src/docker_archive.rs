@@ -15,7 +15,8 @@ use oci_spec::image::ImageConfiguration;
 use serde::Deserialize;
 
 use crate::Digest;
-use crate::layout::{Image, ImportError, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, image_config};
+use crate::image::{Image, ImportError, image_config};
+use crate::layout::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
 use crate::store::{Expected, LayerStore, StoredLayer};
 
 #[derive(Debug, Deserialize)]

@@ -9,12 +9,13 @@
 //! against both the manifest's digest and the config's `diff_id`.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 
-use crate::store::{Expected, LayerStore, StoredLayer};
-use crate::{Digest, UnpackError};
+use crate::Digest;
+use crate::image::{Image, ImportError, image_config, plan_layers};
+use crate::store::LayerStore;
 
 /// The most a manifest or an index may weigh: real ones are a few KiB.
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
@@ -22,66 +23,6 @@ pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
 /// The annotation that names an image of a layout.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
-
-/// What a sandbox of the image starts with, from its config.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageConfig {
-    /// `NAME=value` entries.
-    pub env: Vec<String>,
-    /// The working directory.
-    pub working_dir: Option<String>,
-    /// The user (a name, `uid`, or `uid:gid`).
-    pub user: Option<String>,
-    /// The entrypoint.
-    pub entrypoint: Vec<String>,
-    /// The command.
-    pub cmd: Vec<String>,
-}
-
-/// An imported image: its layers are in the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Image {
-    /// The digest of the manifest chosen.
-    pub manifest: Digest,
-    /// What its config says to start with.
-    pub config: ImageConfig,
-    /// Its layers, bottom first.
-    pub layers: Vec<StoredLayer>,
-}
-
-/// Why an image was not imported. Layers already in the store stay (they are whole and
-/// verified, and shared); nothing else is written.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ImportError {
-    /// The directory is not an OCI image layout, or a document in it is malformed.
-    #[error("{}: {problem}", dir.display())]
-    Layout {
-        /// The layout directory.
-        dir: PathBuf,
-        /// What is wrong.
-        problem: String,
-    },
-    /// A blob is missing, too large, or not what its descriptor says.
-    #[error("blob {digest}: {problem}")]
-    Blob {
-        /// The blob's digest as the descriptor gives it.
-        digest: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// No image of the layout matches what was asked.
-    #[error("no image {wanted} in the layout; it has: {found}")]
-    NotFound {
-        /// The reference or platform asked for.
-        wanted: String,
-        /// What the layout offers.
-        found: String,
-    },
-    /// A layer could not be unpacked.
-    #[error(transparent)]
-    Unpack(#[from] UnpackError),
-}
 
 /// Imports the image `reference` (its `org.opencontainers.image.ref.name`; `None`: the
 /// layout's only image) from the OCI image layout `dir` into `store`.
@@ -105,28 +46,18 @@ pub fn import_layout(
     let config: ImageConfiguration = layout.json(manifest.config(), MAX_CONFIG_BYTES, |r| {
         ImageConfiguration::from_reader(r).map_err(|e| e.to_string())
     })?;
-    let diff_ids = config.rootfs().diff_ids();
-    if diff_ids.len() != manifest.layers().len() {
-        return Err(layout.problem(format!(
-            "the manifest has {} layers but the config {} diff_ids",
-            manifest.layers().len(),
-            diff_ids.len()
-        )));
-    }
-    // Every descriptor is checked before any layer is unpacked: a bad one changes nothing.
-    let mut plan = Vec::with_capacity(diff_ids.len());
-    for (descriptor, diff_id) in manifest.layers().iter().zip(diff_ids) {
-        check_layer_type(descriptor)?;
-        let diff_id: Digest = diff_id
-            .parse()
-            .map_err(|e| layout.problem(format!("the config's diff_id {e}")))?;
-        let expected = Expected {
-            digest: Some(descriptor_digest(descriptor)?),
-            diff_id: Some(diff_id),
-        };
-        plan.push((descriptor, expected));
-    }
-    let mut layers = Vec::with_capacity(plan.len());
+    let described: Vec<(String, String)> = manifest
+        .layers()
+        .iter()
+        .map(|d| (d.media_type().to_string(), d.digest().to_string()))
+        .collect();
+    let expected = plan_layers(
+        &described,
+        config.rootfs().diff_ids(),
+        &dir.display().to_string(),
+    )?;
+    let plan = manifest.layers().iter().zip(expected);
+    let mut layers = Vec::with_capacity(manifest.layers().len());
     for (descriptor, expected) in plan {
         let stored = expected.diff_id.and_then(|id| store.get(&id));
         layers.push(match stored {
@@ -318,21 +249,6 @@ fn is_index(media_type: &MediaType) -> bool {
         || media_type.to_string() == "application/vnd.docker.distribution.manifest.list.v2+json"
 }
 
-/// Layers are tar archives, plain or compressed (the compression is read off the bytes).
-fn check_layer_type(descriptor: &Descriptor) -> Result<(), ImportError> {
-    let media_type = descriptor.media_type().to_string();
-    let is_layer = media_type.starts_with("application/vnd.oci.image.layer.")
-        || media_type.starts_with("application/vnd.docker.image.rootfs.");
-    if is_layer {
-        Ok(())
-    } else {
-        Err(ImportError::Blob {
-            digest: descriptor.digest().to_string(),
-            problem: format!("has media type {media_type}, which is not a layer"),
-        })
-    }
-}
-
 fn descriptor_digest(descriptor: &Descriptor) -> Result<Digest, ImportError> {
     let text = descriptor.digest().to_string();
     text.parse()
@@ -340,17 +256,4 @@ fn descriptor_digest(descriptor: &Descriptor) -> Result<Digest, ImportError> {
             digest: text.chars().take(100).collect(),
             problem: e.to_string(),
         })
-}
-
-pub(crate) fn image_config(config: &ImageConfiguration) -> ImageConfig {
-    let Some(c) = config.config() else {
-        return ImageConfig::default();
-    };
-    ImageConfig {
-        env: c.env().clone().unwrap_or_default(),
-        working_dir: c.working_dir().clone().filter(|d| !d.is_empty()),
-        user: c.user().clone().filter(|u| !u.is_empty()),
-        entrypoint: c.entrypoint().clone().unwrap_or_default(),
-        cmd: c.cmd().clone().unwrap_or_default(),
-    }
 }

@@ -12,20 +12,25 @@
 //! are checked before the layer becomes visible, and a layer is visible whole or not at all
 //! ([`LayerStore`]).
 //!
-//! Images come in from an OCI image layout directory ([`import_layout`]) or a `docker save`
-//! archive ([`import_docker_archive`]). Registry pulls, template metadata and builds come on
-//! top of this (the templates issue); `firkin-linux` only mounts the directories it is handed.
+//! Images come from a registry ([`pull`]), an OCI image layout directory ([`import_layout`])
+//! or a `docker save` archive ([`import_docker_archive`]). Template metadata and builds come
+//! on top of this (the templates issue); `firkin-linux` only mounts the directories it is
+//! handed.
 
 pub mod digest;
 mod docker_archive;
 mod error;
+mod image;
 pub mod layout;
+pub mod pull;
 pub mod store;
 pub mod unpack;
 
 pub use digest::Digest;
 pub use docker_archive::import_docker_archive;
 pub use error::UnpackError;
-pub use layout::{Image, ImageConfig, ImportError, import_layout};
+pub use image::{Image, ImageConfig, ImportError};
+pub use layout::import_layout;
+pub use pull::{Credentials, PullError, PullOptions, pull};
 pub use store::{Expected, LayerStore, StoredLayer};
 pub use unpack::{IdShift, UnpackOptions, UnpackReport};

@@ -62,8 +62,13 @@ impl LayerStore {
         let entries = std::fs::read_dir(&tmp).map_err(UnpackError::io("list", &tmp))?;
         for entry in entries.flatten() {
             let path = entry.path();
-            tracing::warn!(path = %path.display(), "removing a half-unpacked layer");
-            std::fs::remove_dir_all(&path).map_err(UnpackError::io("remove", &path))?;
+            tracing::warn!(path = %path.display(), "removing a half-unpacked layer or download");
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            }
+            .map_err(UnpackError::io("remove", &path))?;
         }
         Ok(store)
     }
@@ -126,6 +131,17 @@ impl LayerStore {
             path,
             report: Some(report),
         })
+    }
+
+    /// A fresh path in `tmp/` for a layer being downloaded (removed by the caller, or at the
+    /// next open after a crash).
+    pub(crate) fn download_path(&self) -> PathBuf {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        self.tmp_dir().join(format!(
+            "download-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
     }
 
     fn layers_dir(&self) -> PathBuf {

@@ -3,26 +3,15 @@
 //! Docker writes it), a repeated layer stored as a link, and broken archives refused with
 //! nothing left behind. Needs root (unpacking shifts ownership).
 
+mod common;
+
 #[cfg(test)]
 mod tests {
+    use super::common::{layers_in, store, tar_of};
     use std::path::Path;
 
-    use firkin_image::{
-        Digest, IdShift, ImportError, LayerStore, UnpackOptions, import_docker_archive,
-    };
+    use firkin_image::{Digest, ImportError, import_docker_archive};
     use serde_json::json;
-
-    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        for (path, bytes) in files {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(bytes.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            builder.append_data(&mut header, path, *bytes).unwrap();
-        }
-        builder.into_inner().unwrap()
-    }
 
     /// A `docker save` archive at `path`: its members in the order given, plus symbolic links.
     fn write_archive(path: &Path, members: &[(&str, Vec<u8>)], links: &[(&str, &str)]) {
@@ -70,20 +59,6 @@ mod tests {
         json!([{ "Config": "config.json", "RepoTags": ["app:1", "app:latest"], "Layers": layers }])
             .to_string()
             .into_bytes()
-    }
-
-    fn store(dir: &Path) -> LayerStore {
-        let ids = IdShift {
-            host_start: 300_000,
-            count: 65_536,
-        };
-        LayerStore::open(dir.join("store"), UnpackOptions::new(ids)).unwrap()
-    }
-
-    fn layers_in(dir: &Path) -> usize {
-        std::fs::read_dir(dir.join("store/layers/sha256"))
-            .unwrap()
-            .count()
     }
 
     #[test]

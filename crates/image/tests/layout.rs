@@ -4,15 +4,15 @@
 //! blobs, wrong digests and wrong media types are refused, leaving no layer behind. Needs root
 //! (unpacking shifts ownership).
 
+mod common;
+
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
+    use super::common::{gzip, layers_in, store, tar_of};
     use std::path::Path;
 
     use firkin_image::layout::host_architecture;
-    use firkin_image::{
-        Digest, IdShift, ImportError, LayerStore, UnpackError, UnpackOptions, import_layout,
-    };
+    use firkin_image::{Digest, ImportError, UnpackError, import_layout};
     use serde_json::{Value, json};
 
     const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -30,26 +30,6 @@ mod tests {
         json!({ "mediaType": media_type, "digest": digest.to_string(), "size": bytes.len() })
     }
 
-    fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        for (path, text) in files {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(text.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            builder
-                .append_data(&mut header, path, text.as_bytes())
-                .unwrap();
-        }
-        builder.into_inner().unwrap()
-    }
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(bytes).unwrap();
-        encoder.finish().unwrap()
-    }
-
     /// The parts of a two-layer image written into a layout, for tests to assemble or spoil.
     struct Parts {
         layers: [Vec<u8>; 2],
@@ -58,8 +38,11 @@ mod tests {
     }
 
     fn parts(dir: &Path) -> Parts {
-        let base = tar_of(&[("etc/os-release", "ID=test\n"), ("usr/bin/tool", "tool\n")]);
-        let app = tar_of(&[("srv/app.py", "print('hi')\n")]);
+        let base = tar_of(&[
+            ("etc/os-release", b"ID=test\n"),
+            ("usr/bin/tool", b"tool\n"),
+        ]);
+        let app = tar_of(&[("srv/app.py", b"print('hi')\n")]);
         let layer_descriptors = [
             blob(dir, LAYER_GZIP, &gzip(&base)),
             blob(
@@ -102,20 +85,6 @@ mod tests {
     fn named(mut descriptor: Value, name: &str) -> Value {
         descriptor["annotations"] = json!({ "org.opencontainers.image.ref.name": name });
         descriptor
-    }
-
-    fn store(dir: &Path) -> LayerStore {
-        let ids = IdShift {
-            host_start: 300_000,
-            count: 65_536,
-        };
-        LayerStore::open(dir.join("store"), UnpackOptions::new(ids)).unwrap()
-    }
-
-    fn layers_in(dir: &Path) -> usize {
-        std::fs::read_dir(dir.join("store/layers/sha256"))
-            .unwrap()
-            .count()
     }
 
     #[test]

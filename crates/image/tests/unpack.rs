@@ -3,18 +3,16 @@
 //! symbolic links and hard links, too many entries, wrong digests, garbage), each refused with
 //! nothing left behind. Needs root (ownership, device nodes, `trusted.*` xattrs, mounts).
 
+mod common;
+
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
+    use super::common::{SHIFT, gzip};
+    use std::io::Read;
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     use std::path::Path;
 
-    use firkin_image::{Digest, Expected, IdShift, LayerStore, UnpackError, UnpackOptions};
-
-    const SHIFT: IdShift = IdShift {
-        host_start: 300_000,
-        count: 65_536,
-    };
+    use firkin_image::{Digest, Expected, LayerStore, UnpackError, UnpackOptions};
 
     /// One archive entry, written byte for byte as given (no path checks: the point).
     enum Entry<'a> {
@@ -89,12 +87,6 @@ mod tests {
             length += 1;
         }
         format!("{length}{body}").into_bytes()
-    }
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(bytes).unwrap();
-        encoder.finish().unwrap()
     }
 
     fn zstd(bytes: &[u8]) -> Vec<u8> {

@@ -1,0 +1,229 @@
+//! Pulling from a real registry: Debian's `docker-registry` (the CNCF distribution registry)
+//! started by the test on loopback with its own storage; the test pushes its image with
+//! `oci-client` and pulls it back through `firkin_image::pull` into a store. Also an unknown
+//! tag, a bad reference, and a "registry" that answers garbage, each leaving nothing. Needs
+//! root (unpacking shifts ownership) and `docker-registry` (scripts/setup installs it).
+
+mod common;
+
+#[cfg(test)]
+mod tests {
+    use super::common::{gzip, layers_in, store, tar_of};
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use firkin_image::{Digest, PullError, PullOptions, pull};
+    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+    use oci_client::secrets::RegistryAuth;
+    use serde_json::json;
+
+    /// A registry on 127.0.0.1 with its storage in a temporary directory, stopped on drop.
+    struct Registry {
+        child: Child,
+        address: String,
+        _storage: tempfile::TempDir,
+    }
+
+    impl Registry {
+        fn start(test: &str) -> Option<Self> {
+            if !firkin_test_support::root_or_skip(test) {
+                return None;
+            }
+            if Command::new("docker-registry")
+                .arg("--version")
+                .output()
+                .is_err()
+            {
+                firkin_test_support::skip(
+                    test,
+                    "needs docker-registry (scripts/setup installs it)",
+                );
+                return None;
+            }
+            let storage = tempfile::tempdir().unwrap();
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let address = format!("127.0.0.1:{port}");
+            let config = storage.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+                    storage.path().join("data").display()
+                ),
+            )
+            .unwrap();
+            let child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let registry = Self {
+                child,
+                address,
+                _storage: storage,
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !registry.answers() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the registry did not start within 20 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Some(registry)
+        }
+
+        fn answers(&self) -> bool {
+            let Ok(mut stream) = TcpStream::connect(&self.address) else {
+                return false;
+            };
+            let request = format!(
+                "GET /v2/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                self.address
+            );
+            let mut response = String::new();
+            stream.write_all(request.as_bytes()).is_ok()
+                && stream.read_to_string(&mut response).is_ok()
+                && response.starts_with("HTTP/1.1 200")
+        }
+
+        fn options(&self) -> PullOptions {
+            PullOptions {
+                insecure_registries: vec![self.address.clone()],
+                ..PullOptions::default()
+            }
+        }
+    }
+
+    impl Drop for Registry {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_image_pushed_to_a_local_registry_pulls_into_the_store() {
+        let Some(registry) = Registry::start("pull test") else {
+            return;
+        };
+        let base_tar = tar_of(&[("etc/os-release", b"ID=test\n")]);
+        let base_gz = gzip(&base_tar);
+        let app_tar = tar_of(&[("srv/app.py", b"print('hi')\n")]);
+        let app_gz = gzip(&app_tar);
+        let config = json!({
+            "architecture": firkin_image::layout::host_architecture(), "os": "linux",
+            "config": { "Env": ["LANG=C.UTF-8"], "WorkingDir": "/srv", "User": "user", "Cmd": ["python3"] },
+            "rootfs": { "type": "layers", "diff_ids": [Digest::of(&base_tar).to_string(), Digest::of(&app_tar).to_string()] },
+        });
+        let reference = format!("{}/test/app:v1", registry.address);
+        let client = oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(vec![registry.address.clone()]),
+            ..ClientConfig::default()
+        });
+        let layer = |gz: &[u8]| {
+            ImageLayer::new(
+                gz.to_vec(),
+                "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                None,
+            )
+        };
+        client
+            .push(
+                &reference.parse().unwrap(),
+                &[layer(&base_gz), layer(&app_gz)],
+                Config::new(
+                    config.to_string().into_bytes(),
+                    "application/vnd.oci.image.config.v1+json".into(),
+                    None,
+                ),
+                &RegistryAuth::Anonymous,
+                None,
+            )
+            .await
+            .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(store(dir.path()));
+        let image = pull(&reference, Arc::clone(&store), &registry.options())
+            .await
+            .unwrap();
+        let diff_ids: Vec<Digest> = image.layers.iter().map(|l| l.diff_id).collect();
+        assert_eq!(diff_ids, [Digest::of(&base_tar), Digest::of(&app_tar)]);
+        assert_eq!(
+            image.layers[0].report.as_ref().unwrap().digest,
+            Digest::of(&base_gz)
+        );
+        assert!(image.layers[1].path.join("srv/app.py").is_file());
+        assert_eq!(image.config.user.as_deref(), Some("user"));
+        assert_eq!(image.config.cmd, ["python3"]);
+        // Pulled again: the manifest is fetched, the layers are not.
+        let again = pull(&reference, Arc::clone(&store), &registry.options())
+            .await
+            .unwrap();
+        assert!(again.layers.iter().all(|l| l.report.is_none()));
+        assert_eq!(again.manifest, image.manifest);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("store/tmp"))
+                .unwrap()
+                .count(),
+            0,
+            "downloads are removed"
+        );
+
+        let missing = format!("{}/test/app:v2", registry.address);
+        let error = pull(&missing, Arc::clone(&store), &registry.options())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, PullError::Registry(_)), "{error}");
+        let error = pull("Not A Reference::", Arc::clone(&store), &registry.options())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, PullError::BadReference { .. }), "{error}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registry_that_answers_garbage_is_an_error_and_stores_nothing() {
+        if !firkin_test_support::root_or_skip("pull test") {
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut stream = stream;
+                let mut request = [0_u8; 4096];
+                let _ = stream.read(&mut request);
+                let body = "{\"schemaVersion\": \"garbage\", \"layers\": 7}";
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let options = PullOptions {
+            insecure_registries: vec![address.clone()],
+            ..PullOptions::default()
+        };
+        let error = pull(
+            &format!("{address}/x/y:z"),
+            Arc::new(store(dir.path())),
+            &options,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(error, PullError::Registry(_)), "{error}");
+        assert_eq!(layers_in(dir.path()), 0);
+    }
+}
