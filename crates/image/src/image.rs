@@ -8,7 +8,7 @@ use crate::store::{Expected, StoredLayer};
 use crate::{Digest, UnpackError};
 
 /// What a sandbox of the image starts with, from its config.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageConfig {
     /// `NAME=value` entries.
     pub env: Vec<String>,

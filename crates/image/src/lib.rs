@@ -17,6 +17,7 @@
 //! on top of this (the templates issue); `firkin-linux` only mounts the directories it is
 //! handed.
 
+pub mod catalog;
 pub mod digest;
 mod docker_archive;
 mod error;
@@ -26,6 +27,7 @@ pub mod pull;
 pub mod store;
 pub mod unpack;
 
+pub use catalog::Catalog;
 pub use digest::Digest;
 pub use docker_archive::import_docker_archive;
 pub use error::UnpackError;
