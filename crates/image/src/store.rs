@@ -101,7 +101,7 @@ impl LayerStore {
         if let Some(layer) = expected.diff_id.as_ref().and_then(|id| self.get(id)) {
             return Ok(layer);
         }
-        let tmp = TempDir::new(&self.tmp_dir())?;
+        let tmp = TempDir::new(self.tmp_path("unpack"))?;
         let report = unpack(blob, &tmp.path, &self.options)?;
         for (which, expected, actual) in [
             ("digest", expected.digest, report.digest),
@@ -133,12 +133,51 @@ impl LayerStore {
         })
     }
 
+    /// Removes every layer not in `keep` (the layers some template uses, from
+    /// [`crate::Catalog::layers_in_use`]); returns the digests removed. A layer is first
+    /// renamed into `tmp/`, so a crash half-way leaves no half-removed layer visible.
+    ///
+    /// The caller makes sure no unpack or build that will want a removed layer runs meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be listed, or a layer cannot be moved or removed.
+    pub fn prune(
+        &self,
+        keep: &std::collections::HashSet<Digest>,
+    ) -> Result<Vec<Digest>, UnpackError> {
+        let layers = self.layers_dir();
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(&layers).map_err(UnpackError::io("list", &layers))? {
+            let entry = entry.map_err(UnpackError::io("list", &layers))?;
+            let Ok(digest) =
+                format!("sha256:{}", entry.file_name().to_string_lossy()).parse::<Digest>()
+            else {
+                continue;
+            };
+            if keep.contains(&digest) {
+                continue;
+            }
+            let doomed = self.tmp_path("pruned");
+            std::fs::rename(entry.path(), &doomed)
+                .map_err(UnpackError::io("move out", entry.path()))?;
+            std::fs::remove_dir_all(&doomed).map_err(UnpackError::io("remove", &doomed))?;
+            removed.push(digest);
+        }
+        Ok(removed)
+    }
+
     /// A fresh path in `tmp/` for a layer being downloaded (removed by the caller, or at the
     /// next open after a crash).
     pub(crate) fn download_path(&self) -> PathBuf {
+        self.tmp_path("download")
+    }
+
+    /// A path in `tmp/` no one else uses: `<kind>-<pid>-<n>`.
+    fn tmp_path(&self, kind: &str) -> PathBuf {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         self.tmp_dir().join(format!(
-            "download-{}-{}",
+            "{kind}-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ))
@@ -171,13 +210,7 @@ struct TempDir {
 }
 
 impl TempDir {
-    fn new(tmp: &Path) -> Result<Self, UnpackError> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = tmp.join(format!(
-            "{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+    fn new(path: PathBuf) -> Result<Self, UnpackError> {
         std::fs::create_dir(&path).map_err(UnpackError::io("create", &path))?;
         Ok(Self { path, keep: false })
     }

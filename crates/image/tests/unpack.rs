@@ -476,4 +476,39 @@ mod tests {
         LayerStore::open(dir.path().join("store"), UnpackOptions::new(SHIFT)).unwrap();
         assert_nothing_left(dir.path());
     }
+
+    #[test]
+    fn a_prune_removes_the_layers_no_template_keeps() {
+        let Some((dir, store)) = store("unpack test") else {
+            return;
+        };
+        let kept = store
+            .unpack(
+                archive(&[Entry::File("kept", b"k", 0o644)]).as_slice(),
+                Expected::default(),
+            )
+            .unwrap();
+        let dropped = store
+            .unpack(
+                archive(&[Entry::File("dropped", b"d", 0o644)]).as_slice(),
+                Expected::default(),
+            )
+            .unwrap();
+        let removed = store.prune(&[kept.diff_id].into_iter().collect()).unwrap();
+        assert_eq!(removed, [dropped.diff_id]);
+        assert!(store.get(&dropped.diff_id).is_none());
+        assert!(kept.path.join("kept").is_file());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("store/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert!(
+            store
+                .prune(&[kept.diff_id].into_iter().collect())
+                .unwrap()
+                .is_empty()
+        );
+    }
 }
