@@ -1,7 +1,7 @@
 //! `firkin`: the sandbox runtime's command line.
 //!
 //! `firkin serve` runs the E2B-compatible daemon; `firkin state ...` manages its durable
-//! state and `firkin doctor` checks the host. The same executable is the sandbox init helper
+//! state, `firkin template ...` its image store, and `firkin doctor` checks the host. The same executable is the sandbox init helper
 //! the Linux driver starts for each sandbox (when `FIRKIN_INIT_SPEC` is set).
 
 // Denied, not forbidden: `main` may become a sandbox's init helper, an `unsafe` call.
@@ -14,6 +14,7 @@ mod doctor_capacity;
 mod sandbox_cmd;
 mod serve;
 mod state_cmd;
+mod template_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +59,15 @@ enum Command {
 
         #[command(flatten)]
         args: serve::ServeArgs,
+    },
+    /// Bring images in as templates (pull, import), list, remove and prune them.
+    Template {
+        /// State directory (default: /var/lib/firkin for root, else $XDG_STATE_HOME/firkin).
+        #[arg(long, env = "FIRKIN_STATE_DIR", global = true)]
+        state_dir: Option<PathBuf>,
+
+        #[command(subcommand)]
+        command: template_cmd::TemplateCommand,
     },
     /// Create, list, run commands in, pause, resume and kill sandboxes of a running daemon.
     Sandbox {
@@ -108,6 +118,10 @@ fn main() -> ExitCode {
         Command::State { state_dir, command } => {
             let dir = state_dir.unwrap_or_else(default_state_dir);
             state_cmd::run(&dir, command, cli.json)
+        }
+        Command::Template { state_dir, command } => {
+            let dir = state_dir.unwrap_or_else(default_state_dir);
+            template_cmd::run(&dir, command, cli.json)
         }
         Command::Serve {
             state_dir,

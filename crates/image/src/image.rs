@@ -56,7 +56,7 @@ pub enum ImportError {
         problem: String,
     },
     /// No image of the layout matches what was asked.
-    #[error("no image {wanted} in the layout; it has: {found}")]
+    #[error("no image {wanted}; it has: {found}")]
     NotFound {
         /// The reference or platform asked for.
         wanted: String,

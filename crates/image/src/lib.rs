@@ -25,6 +25,7 @@ mod image;
 pub mod layout;
 pub mod pull;
 pub mod store;
+pub mod templates;
 pub mod unpack;
 
 pub use catalog::Catalog;
@@ -35,4 +36,5 @@ pub use image::{Image, ImageConfig, ImportError};
 pub use layout::import_layout;
 pub use pull::{Credentials, PullError, PullOptions, pull};
 pub use store::{Expected, LayerStore, StoredLayer};
+pub use templates::{TemplateError, Templates};
 pub use unpack::{IdShift, UnpackOptions, UnpackReport};

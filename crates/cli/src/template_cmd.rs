@@ -1,0 +1,199 @@
+//! `firkin template ...`: bring images in as templates, list, remove and prune them, in the
+//! state directory's image store (`<state>/images`). The daemon does not create sandboxes
+//! from these templates yet (the templates issue); `base` is built in and not listed here.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use firkin_image::catalog::ResolvedTemplate;
+use firkin_image::{Credentials, IdShift, PullOptions, Templates, UnpackOptions};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TemplateCommand {
+    /// Pull an image from a registry as a template (`python:3.12` is Docker Hub's).
+    Pull {
+        /// The image reference.
+        reference: String,
+        /// The template's name[:tag] (default: the image's own name and tag).
+        #[arg(long)]
+        name: Option<String>,
+        /// More tags for it.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// A registry (host:port) to speak plain HTTP to, e.g. one on loopback.
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
+        /// The registry user; the password (or token) is read from FIRKIN_REGISTRY_PASSWORD.
+        #[arg(long)]
+        username: Option<String>,
+    },
+    /// Import an image from an OCI image layout directory or a `docker save` archive.
+    Import {
+        /// The layout directory or archive.
+        path: PathBuf,
+        /// The template's name[:tag].
+        #[arg(long)]
+        name: String,
+        /// Which image of it (a layout's ref name, an archive's tag; default: its only one).
+        #[arg(long)]
+        image: Option<String>,
+        /// More tags for it.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// List the templates.
+    Ls,
+    /// Remove a template (its builds and tags; `prune` then frees its layers).
+    Rm {
+        /// Its name or id.
+        name: String,
+    },
+    /// Remove the layers no template uses.
+    Prune,
+}
+
+/// The id range the Linux driver maps sandboxes to (its default): layers are owned by it.
+const SANDBOX_IDS: IdShift = IdShift {
+    host_start: 100_000,
+    count: 65_536,
+};
+
+pub(crate) fn run(state_dir: &Path, command: TemplateCommand, json: bool) -> anyhow::Result<()> {
+    let dir = state_dir.join("images");
+    let templates = Templates::open(&dir, UnpackOptions::new(SANDBOX_IDS))
+        .with_context(|| format!("open the image store in {}", dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    match command {
+        TemplateCommand::Pull {
+            reference,
+            name,
+            tags,
+            insecure_registries,
+            username,
+        } => {
+            let credentials = match username {
+                Some(username) => Credentials::Basic {
+                    username,
+                    password: std::env::var("FIRKIN_REGISTRY_PASSWORD")
+                        .context("--username needs the password in FIRKIN_REGISTRY_PASSWORD")?,
+                },
+                None => Credentials::Anonymous,
+            };
+            let options = PullOptions {
+                credentials,
+                insecure_registries,
+            };
+            let spinner = spinner(json, format!("pulling {reference}"));
+            let made =
+                runtime.block_on(templates.pull(&reference, name.as_deref(), &tags, &options));
+            spinner.finish_and_clear();
+            report(&made.with_context(|| format!("pull {reference}"))?, json)
+        }
+        TemplateCommand::Import {
+            path,
+            name,
+            image,
+            tags,
+        } => {
+            let spinner = spinner(json, format!("importing {}", path.display()));
+            let made = runtime.block_on(templates.import(&path, image.as_deref(), &name, &tags));
+            spinner.finish_and_clear();
+            report(
+                &made.with_context(|| format!("import {}", path.display()))?,
+                json,
+            )
+        }
+        TemplateCommand::Ls => list(&templates, json),
+        TemplateCommand::Rm { name } => {
+            let id = templates.catalog.delete(&name)?;
+            if json {
+                println!("{}", serde_json::json!({ "templateID": id }));
+            } else {
+                println!(
+                    "removed template {name} ({id}); `firkin template prune` frees its layers"
+                );
+            }
+            Ok(())
+        }
+        TemplateCommand::Prune => {
+            let removed = templates.prune()?;
+            if json {
+                let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
+                println!("{}", serde_json::json!({ "removedLayers": removed }));
+            } else {
+                println!("removed {} unused layers", removed.len());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A spinner on stderr while a pull or an import runs (none with `--json`, or off a terminal:
+/// indicatif draws nothing there).
+fn spinner(json: bool, message: String) -> indicatif::ProgressBar {
+    if json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(message);
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    spinner
+}
+
+fn report(made: &ResolvedTemplate, json: bool) -> anyhow::Result<()> {
+    let layers: Vec<String> = made.image.layers.iter().map(ToString::to_string).collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "templateID": made.template_id, "name": made.name, "buildID": made.build_id,
+                "layers": layers, "env": made.image.config.env, "workdir": made.image.config.working_dir,
+                "user": made.image.config.user, "cmd": made.image.config.cmd,
+            })
+        );
+    } else {
+        println!(
+            "template {} ({}), build {}: {} layers",
+            made.name,
+            made.template_id,
+            made.build_id,
+            layers.len()
+        );
+    }
+    Ok(())
+}
+
+fn list(templates: &Templates, json: bool) -> anyhow::Result<()> {
+    let all = templates.catalog.list()?;
+    if json {
+        let rows: Vec<_> = all
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "templateID": t.template_id, "name": t.name, "tags": t.tags,
+                    "buildID": t.latest_build.as_ref().map(|b| &b.0),
+                    "buildStatus": t.latest_build.as_ref().map(|b| b.1.as_str()),
+                    "createdAt": t.created_at,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    println!("{:<24} {:<22} {:<10} tags", "name", "id", "build");
+    for t in &all {
+        let status = t.latest_build.as_ref().map_or("-", |b| b.1.as_str());
+        println!(
+            "{:<24} {:<22} {:<10} {}",
+            t.name,
+            t.template_id,
+            status,
+            t.tags.join(" ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! Templates made from images as they are: the catalog and the layer store together, under
+//! one directory (`<state>/images`: `templates.db`, `layers/`, `tmp/`). A pull or an import is
+//! a build with no steps: it is requested, started, logged and finished in the catalog like any
+//! build, so the template it makes resolves by `name[:tag]`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::catalog::{Catalog, CatalogError, ImageRecord, ResolvedTemplate};
+use crate::pull::{PullError, PullOptions, pull};
+use crate::{Digest, Image, ImportError, LayerStore, UnpackError, UnpackOptions};
+
+/// The catalog and the layer store of one daemon.
+#[derive(Debug)]
+pub struct Templates {
+    /// Templates, builds and tags.
+    pub catalog: Catalog,
+    /// Their layers.
+    pub layers: Arc<LayerStore>,
+}
+
+/// Why a template operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TemplateError {
+    /// The catalog refused or failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The layer store failed.
+    #[error(transparent)]
+    Store(#[from] UnpackError),
+    /// The pull failed (the build is marked failed with this reason).
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    /// The import failed (the build is marked failed with this reason).
+    #[error(transparent)]
+    Import(#[from] ImportError),
+}
+
+impl Templates {
+    /// Opens (making) the catalog and store under `dir`, unpacking with `options`.
+    ///
+    /// # Errors
+    ///
+    /// The directory, the database or the store cannot be opened.
+    pub fn open(dir: &Path, options: UnpackOptions) -> Result<Self, TemplateError> {
+        std::fs::create_dir_all(dir).map_err(UnpackError::io("create", dir))?;
+        Ok(Self {
+            catalog: Catalog::open(&dir.join("templates.db"))?,
+            layers: Arc::new(LayerStore::open(dir, options)?),
+        })
+    }
+
+    /// Pulls `reference` as the template `name` (default: the image's own name and tag, as
+    /// [`default_name`] makes it) with the extra `tags`.
+    ///
+    /// # Errors
+    ///
+    /// [`TemplateError`]; a failed pull leaves a failed build in the catalog, with the reason.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        name: Option<&str>,
+        tags: &[String],
+        options: &PullOptions,
+    ) -> Result<ResolvedTemplate, TemplateError> {
+        let name = name.map_or_else(|| default_name(reference), str::to_owned);
+        let layers = Arc::clone(&self.layers);
+        self.build(&name, tags, &format!("pulling {reference}"), async move {
+            pull(reference, layers, options)
+                .await
+                .map_err(TemplateError::from)
+        })
+        .await
+    }
+
+    /// Imports the image `image` (a layout's ref name or an archive's tag; `None`: its only
+    /// one) from the OCI image layout directory or `docker save` archive at `path` as the
+    /// template `name` with the extra `tags`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Templates::pull`].
+    pub async fn import(
+        &self,
+        path: &Path,
+        image: Option<&str>,
+        name: &str,
+        tags: &[String],
+    ) -> Result<ResolvedTemplate, TemplateError> {
+        let (path, image, layers) = (
+            path.to_owned(),
+            image.map(str::to_owned),
+            Arc::clone(&self.layers),
+        );
+        self.build(
+            name,
+            tags,
+            &format!("importing {}", path.display()),
+            async move {
+                tokio::task::spawn_blocking(move || import(&path, image.as_deref(), &layers))
+                    .await
+                    .map_err(|e| {
+                        TemplateError::Store(UnpackError::io("run the import", PathBuf::new())(
+                            std::io::Error::other(e),
+                        ))
+                    })?
+            },
+        )
+        .await
+    }
+
+    /// Removes the layers no template keeps; returns their digests.
+    ///
+    /// # Errors
+    ///
+    /// The catalog or the store failed.
+    pub fn prune(&self) -> Result<Vec<Digest>, TemplateError> {
+        Ok(self.layers.prune(&self.catalog.layers_in_use()?)?)
+    }
+
+    /// A build with no steps: `make` brings the image in.
+    async fn build(
+        &self,
+        name: &str,
+        tags: &[String],
+        what: &str,
+        make: impl Future<Output = Result<Image, TemplateError>>,
+    ) -> Result<ResolvedTemplate, TemplateError> {
+        let request = self.catalog.request_build(name, tags)?;
+        self.catalog
+            .start_build(&request.template_id, &request.build_id)?;
+        self.catalog.log(&request.build_id, "info", what, None)?;
+        match make.await {
+            Ok(image) => {
+                let record = ImageRecord {
+                    layers: image.layers.iter().map(|l| l.diff_id).collect(),
+                    config: image.config,
+                    start_cmd: None,
+                    ready_cmd: None,
+                };
+                self.catalog.log(
+                    &request.build_id,
+                    "info",
+                    &format!(
+                        "{} layers, manifest {}",
+                        record.layers.len(),
+                        image.manifest
+                    ),
+                    None,
+                )?;
+                self.catalog.finish_build(&request.build_id, Ok(record))?;
+                Ok(self
+                    .catalog
+                    .resolve(&format!("{}:{}", request.name, request.build_id))?)
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                self.catalog
+                    .log(&request.build_id, "error", &reason, None)?;
+                self.catalog.finish_build(&request.build_id, Err(reason))?;
+                Err(error)
+            }
+        }
+    }
+}
+
+/// An OCI layout when `path` is a directory, else a `docker save` archive.
+fn import(path: &Path, image: Option<&str>, layers: &LayerStore) -> Result<Image, TemplateError> {
+    Ok(if path.is_dir() {
+        crate::import_layout(path, image, layers)?
+    } else {
+        crate::import_docker_archive(path, image, layers)?
+    })
+}
+
+/// The template name an image reference suggests: its last path component and its tag
+/// (`docker.io/library/python:3.12` → `python:3.12`), with characters a name may not have
+/// replaced by `-`. A digest reference gives the name alone.
+#[must_use]
+pub fn default_name(reference: &str) -> String {
+    let reference = reference.split('@').next().unwrap_or(reference);
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    let (name, tag) = last
+        .split_once(':')
+        .map_or((last, None), |(n, t)| (n, Some(t)));
+    let clean = |text: &str, extra: &[u8]| -> String {
+        text.to_lowercase()
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || b == b'-'
+                    || b == b'_'
+                    || extra.contains(&b)
+                {
+                    char::from(b)
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    };
+    match tag {
+        Some(tag) => format!("{}:{}", clean(name, b""), clean(tag, b".")),
+        None => clean(name, b""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_name;
+
+    #[test]
+    fn an_image_reference_suggests_its_own_name_and_tag() {
+        assert_eq!(default_name("python:3.12"), "python:3.12");
+        assert_eq!(
+            default_name("docker.io/library/Python:3.12-slim"),
+            "python:3.12-slim"
+        );
+        assert_eq!(default_name("127.0.0.1:5000/test/app:v1"), "app:v1");
+        assert_eq!(default_name("ghcr.io/org/my.app"), "my-app");
+        assert_eq!(default_name("busybox@sha256:abc"), "busybox");
+    }
+}
