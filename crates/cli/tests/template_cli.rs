@@ -90,6 +90,8 @@ mod tests {
         assert_eq!(made["name"], "demo");
         assert_eq!(made["layers"], serde_json::json!([digest]));
         assert_eq!(made["workdir"], "/srv");
+        let mode = std::fs::metadata(state.join("images")).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the image store is the operator's alone");
         let layer = state
             .join("images/layers/sha256")
             .join(digest.trim_start_matches("sha256:"));

@@ -3,6 +3,7 @@
 //! a build with no steps: it is requested, started, logged and finished in the catalog like any
 //! build, so the template it makes resolves by `name[:tag]`.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -44,7 +45,13 @@ impl Templates {
     ///
     /// The directory, the database or the store cannot be opened.
     pub fn open(dir: &Path, options: UnpackOptions) -> Result<Self, TemplateError> {
-        std::fs::create_dir_all(dir).map_err(UnpackError::io("create", dir))?;
+        // Owner-only, as the rest of the state directory: build logs and names are the
+        // operator's, not other host users'.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(UnpackError::io("create", dir))?;
         Ok(Self {
             catalog: Catalog::open(&dir.join("templates.db"))?,
             layers: Arc::new(LayerStore::open(dir, options)?),
