@@ -1,6 +1,7 @@
 //! Pulling from a real registry: Debian's `docker-registry` (the CNCF distribution registry)
 //! started by the test on loopback with its own storage; the test pushes its image with
-//! `oci-client` and pulls it back through `firkin_image::pull` into a store. Also an unknown
+//! `oci-client` (a gzip and a zstd layer) and pulls it back through `firkin_image::pull` into
+//! a store. Also an unknown
 //! tag, a bad reference, and a "registry" that answers garbage, each leaving nothing. Needs
 //! root (unpacking shifts ownership) and `docker-registry` (scripts/setup installs it).
 
@@ -119,7 +120,8 @@ mod tests {
         let base_tar = tar_of(&[("etc/os-release", b"ID=test\n")]);
         let base_gz = gzip(&base_tar);
         let app_tar = tar_of(&[("srv/app.py", b"print('hi')\n")]);
-        let app_gz = gzip(&app_tar);
+        // The second layer in zstd, as newer builders push them.
+        let app_zst = zstd::stream::encode_all(app_tar.as_slice(), 3).unwrap();
         let config = json!({
             "architecture": firkin_image::layout::host_architecture(), "os": "linux",
             "config": { "Env": ["LANG=C.UTF-8"], "WorkingDir": "/srv", "User": "user", "Cmd": ["python3"] },
@@ -130,17 +132,16 @@ mod tests {
             protocol: ClientProtocol::HttpsExcept(vec![registry.address.clone()]),
             ..ClientConfig::default()
         });
-        let layer = |gz: &[u8]| {
-            ImageLayer::new(
-                gz.to_vec(),
-                "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-                None,
-            )
+        let layer = |bytes: &[u8], media_type: &str| {
+            ImageLayer::new(bytes.to_vec(), media_type.into(), None)
         };
         client
             .push(
                 &reference.parse().unwrap(),
-                &[layer(&base_gz), layer(&app_gz)],
+                &[
+                    layer(&base_gz, "application/vnd.oci.image.layer.v1.tar+gzip"),
+                    layer(&app_zst, "application/vnd.oci.image.layer.v1.tar+zstd"),
+                ],
                 Config::new(
                     config.to_string().into_bytes(),
                     "application/vnd.oci.image.config.v1+json".into(),
@@ -162,6 +163,10 @@ mod tests {
         assert_eq!(
             image.layers[0].report.as_ref().unwrap().digest,
             Digest::of(&base_gz)
+        );
+        assert_eq!(
+            image.layers[1].report.as_ref().unwrap().digest,
+            Digest::of(&app_zst)
         );
         assert!(image.layers[1].path.join("srv/app.py").is_file());
         assert_eq!(image.config.user.as_deref(), Some("user"));
