@@ -225,12 +225,14 @@ async fn serve(
     // sandboxes and views, so `firkin state show` reads the same directory.
     let store = StateStore::open(state_dir)
         .with_context(|| format!("open the state in {}", state_dir.display()))?;
+    let templates = crate::template_cmd::open_templates(state_dir, driver_config.id_shift)?;
     let driver = NamespaceDriver::for_state(driver_config, &store)
         .await
         .context("start the Linux driver")?;
     let backend_config = SingleNodeConfig::new(state_dir).with_scheduler(scheduler);
     let backend = SingleNodeBackend::builder(backend_config, Arc::new(driver))
         .state(store)
+        .templates(templates)
         .build()
         .await
         .context("open the sandbox backend")?;

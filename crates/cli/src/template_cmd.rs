@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::Subcommand;
 use firkin_image::catalog::ResolvedTemplate;
@@ -54,16 +56,22 @@ pub(crate) enum TemplateCommand {
     Prune,
 }
 
-/// The id range the Linux driver maps sandboxes to (its default): layers are owned by it.
-const SANDBOX_IDS: IdShift = IdShift {
-    host_start: 100_000,
-    count: 65_536,
-};
+/// The image store of the state directory `state_dir`, whose layers belong to sandboxes
+/// whose root is the host id `id_shift`.
+pub(crate) fn open_templates(state_dir: &Path, id_shift: u32) -> anyhow::Result<Arc<Templates>> {
+    let dir = state_dir.join("images");
+    let ids = IdShift {
+        host_start: id_shift,
+        count: 65_536,
+    };
+    let templates = Templates::open(&dir, UnpackOptions::new(ids))
+        .with_context(|| format!("open the image store in {}", dir.display()))?;
+    Ok(Arc::new(templates))
+}
 
 pub(crate) fn run(state_dir: &Path, command: TemplateCommand, json: bool) -> anyhow::Result<()> {
-    let dir = state_dir.join("images");
-    let templates = Templates::open(&dir, UnpackOptions::new(SANDBOX_IDS))
-        .with_context(|| format!("open the image store in {}", dir.display()))?;
+    // The Linux driver's default id range (the daemon has no setting for another yet).
+    let templates = open_templates(state_dir, 100_000)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

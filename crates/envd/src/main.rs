@@ -36,6 +36,15 @@ struct Args {
     /// user once envd serves; it shows in `commands.list()` with tag `start-cmd`.
     #[arg(long)]
     start_cmd: Option<String>,
+    /// The template's ready command (`/bin/sh -c`, as the start command): run until it exits
+    /// 0 before `--ready-fd` hears `ready`; a start command that fails first is reported
+    /// there as `err <why>` and envd exits.
+    #[arg(long)]
+    ready_cmd: Option<String>,
+    /// An environment variable of every process envd starts (the template's `ENV`), as
+    /// `KEY=VALUE`; repeatable. Requests and `/init` add to them and win.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    envs: Vec<(String, String)>,
     /// Act as PID 1 (reap orphans, forward signals) even when not PID 1. Automatic as PID 1.
     #[arg(long)]
     init: bool,
@@ -101,7 +110,7 @@ fn main() -> anyhow::Result<()> {
         access_token,
         default_user,
         default_workdir: args.workdir,
-        envs: Default::default(),
+        envs: args.envs.iter().cloned().collect(),
         child_oom_score_adj: args.child_oom_score_adj,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -113,22 +122,39 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listen on {}", args.listen))?;
+        let envd = Envd::new(settings, users);
+        let server = tokio::spawn(firkin_envd::server::serve(
+            listener,
+            envd.clone(),
+            firkin_envd::server::shutdown_signal(),
+        ));
+        let template = firkin_envd::process::wait_until_template_ready(
+            &envd,
+            args.start_cmd.as_deref(),
+            args.ready_cmd.as_deref(),
+        )
+        .await;
         if let Some(mut ready) = ready {
-            // Before any command runs (the start command below): none inherits the pipe.
-            // A reader that stopped waiting is no reason to stop serving.
-            if let Err(error) = std::io::Write::write_all(&mut ready, b"ready\n") {
+            // The pipe is close-on-exec: no command inherited it. A reader that stopped
+            // waiting is no reason to stop serving.
+            let line = match &template {
+                Ok(()) => "ready\n".to_owned(),
+                Err(error) => format!("err {}\n", error.replace('\n', " ")),
+            };
+            if let Err(error) = std::io::Write::write_all(&mut ready, line.as_bytes()) {
                 tracing::warn!("--ready-fd: {error}");
             }
         }
-        let envd = Envd::new(settings, users);
-        if let Some(command) = args.start_cmd {
-            firkin_envd::process::start_template_command(&envd, &command)
-                .context("start the template's start command")?;
-        }
-        firkin_envd::server::serve(listener, envd, firkin_envd::server::shutdown_signal())
-            .await
-            .context("serve")
+        template.map_err(anyhow::Error::msg)?;
+        server.await.context("the server task")?.context("serve")
     })
+}
+
+fn parse_env(pair: &str) -> Result<(String, String), String> {
+    match pair.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{pair:?} is not KEY=VALUE")),
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@
 //!
 //! Images come from a registry ([`pull`]), an OCI image layout directory ([`import_layout`])
 //! or a `docker save` archive ([`import_docker_archive`]). Template metadata and builds come
-//! on top of this (the templates issue); `firkin-linux` only mounts the directories it is
+//! on top of this: [`Templates`] keeps both and resolves names for the backend (it is a
+//! [`firkin_single_node::TemplateSource`]); `firkin-linux` only mounts the directories it is
 //! handed.
 
 pub mod catalog;
@@ -23,7 +24,9 @@ mod docker_archive;
 mod error;
 mod image;
 pub mod layout;
+pub mod provision;
 pub mod pull;
+mod source;
 pub mod store;
 pub mod templates;
 pub mod unpack;

@@ -58,6 +58,11 @@ impl LayerStore {
         for dir in [store.layers_dir(), store.tmp_dir()] {
             std::fs::create_dir_all(&dir).map_err(UnpackError::io("create", &dir))?;
         }
+        // The sandboxes' root mounts layers from here: it may pass through, not list.
+        let sandbox_root = store.options.ids.host_start;
+        for dir in [store.root.join("layers"), store.layers_dir()] {
+            searchable_by_sandboxes(&dir, sandbox_root)?;
+        }
         let tmp = store.tmp_dir();
         let entries = std::fs::read_dir(&tmp).map_err(UnpackError::io("list", &tmp))?;
         for entry in entries.flatten() {
@@ -204,6 +209,16 @@ fn sync_file_system(path: &Path) -> Result<(), UnpackError> {
 }
 
 /// A directory of `tmp/` that is removed when dropped, unless kept.
+/// Makes `dir` `root:<gid>` `0710`: the sandboxes' root (whose host group is `gid`) may pass
+/// through it to the layers it mounts, and no one else may enter.
+pub(crate) fn searchable_by_sandboxes(dir: &Path, gid: u32) -> Result<(), UnpackError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::os::unix::fs::chown(dir, None, Some(gid))
+        .map_err(UnpackError::io("chgrp to the sandboxes' root group", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
+        .map_err(UnpackError::io("chmod 0710", dir))
+}
+
 struct TempDir {
     path: PathBuf,
     keep: bool,

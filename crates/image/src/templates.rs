@@ -3,13 +3,13 @@
 //! a build with no steps: it is requested, started, logged and finished in the catalog like any
 //! build, so the template it makes resolves by `name[:tag]`.
 
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::catalog::{Catalog, CatalogError, ImageRecord, ResolvedTemplate};
 use crate::pull::{PullError, PullOptions, pull};
-use crate::{Digest, Image, ImportError, LayerStore, UnpackError, UnpackOptions};
+use crate::{Digest, Expected, Image, ImportError, LayerStore, UnpackError, UnpackOptions};
 
 /// The catalog and the layer store of one daemon.
 #[derive(Debug)]
@@ -45,15 +45,21 @@ impl Templates {
     ///
     /// The directory, the database or the store cannot be opened.
     pub fn open(dir: &Path, options: UnpackOptions) -> Result<Self, TemplateError> {
-        // Owner-only, as the rest of the state directory: build logs and names are the
-        // operator's, not other host users'.
+        // As the rest of the state directory: build logs and names are the operator's, not
+        // other host users'. Only the sandboxes' root may pass through, to the layers it
+        // mounts.
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(UnpackError::io("create", dir))?;
+        crate::store::searchable_by_sandboxes(dir, options.ids.host_start)?;
+        let db = dir.join("templates.db");
+        let catalog = Catalog::open(&db)?;
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600))
+            .map_err(UnpackError::io("chmod 0600", &db))?;
         Ok(Self {
-            catalog: Catalog::open(&dir.join("templates.db"))?,
+            catalog,
             layers: Arc::new(LayerStore::open(dir, options)?),
         })
     }
@@ -107,11 +113,7 @@ impl Templates {
             async move {
                 tokio::task::spawn_blocking(move || import(&path, image.as_deref(), &layers))
                     .await
-                    .map_err(|e| {
-                        TemplateError::Store(UnpackError::io("run the import", PathBuf::new())(
-                            std::io::Error::other(e),
-                        ))
-                    })?
+                    .map_err(task_failed)?
             },
         )
         .await
@@ -138,21 +140,18 @@ impl Templates {
         self.catalog
             .start_build(&request.template_id, &request.build_id)?;
         self.catalog.log(&request.build_id, "info", what, None)?;
-        match make.await {
-            Ok(image) => {
-                let record = ImageRecord {
-                    layers: image.layers.iter().map(|l| l.diff_id).collect(),
-                    config: image.config,
-                    start_cmd: None,
-                    ready_cmd: None,
-                };
+        let made = match make.await {
+            Ok(image) => self.provision(image).await,
+            Err(error) => Err(error),
+        };
+        match made {
+            Ok((manifest, record)) => {
                 self.catalog.log(
                     &request.build_id,
                     "info",
                     &format!(
-                        "{} layers, manifest {}",
+                        "{} layers (with the system layer), manifest {manifest}",
                         record.layers.len(),
-                        image.manifest
                     ),
                     None,
                 )?;
@@ -170,6 +169,39 @@ impl Templates {
             }
         }
     }
+
+    /// The template an image as it is makes: its layers and the system layer on top (see
+    /// [`crate::provision`]), run as `user` in its home as E2B's are.
+    async fn provision(&self, image: Image) -> Result<(Digest, ImageRecord), TemplateError> {
+        let paths: Vec<PathBuf> = image.layers.iter().map(|l| l.path.clone()).collect();
+        let store = Arc::clone(&self.layers);
+        let system = tokio::task::spawn_blocking(move || {
+            let tar = crate::provision::system_layer(&paths);
+            store.unpack(std::io::Cursor::new(tar), Expected::default())
+        })
+        .await
+        .map_err(task_failed)??;
+        let mut layers: Vec<Digest> = image.layers.iter().map(|l| l.diff_id).collect();
+        layers.push(system.diff_id);
+        Ok((
+            image.manifest,
+            ImageRecord {
+                layers,
+                config: image.config,
+                start_cmd: None,
+                ready_cmd: None,
+                user: Some(crate::provision::USER.to_owned()),
+                workdir: None,
+            },
+        ))
+    }
+}
+
+/// A blocking task that panicked or was cancelled, as a store error.
+fn task_failed(error: tokio::task::JoinError) -> TemplateError {
+    TemplateError::Store(UnpackError::io("run a blocking task", PathBuf::new())(
+        std::io::Error::other(error),
+    ))
 }
 
 /// An OCI layout when `path` is a directory, else a `docker save` archive.

@@ -17,6 +17,8 @@ mod tests {
             },
             start_cmd: Some("python -m http.server 8000".into()),
             ready_cmd: None,
+            user: Some("user".into()),
+            workdir: None,
         }
     }
 

@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use firkin_single_node::{
-    Error, PortRegistry, Result, RuntimeCreatedSandbox, RuntimeDriver, RuntimeHandle,
-    RuntimeMetrics, RuntimePools, SingleNodeCreateRequest, StateStore,
+    BASE_TEMPLATE, Error, PortRegistry, Result, RuntimeCreatedSandbox, RuntimeDriver,
+    RuntimeHandle, RuntimeMetrics, RuntimePools, SingleNodeCreateRequest, StateStore,
+    TemplateImage,
 };
 
 use crate::cgroup::{CgroupHandle, CgroupLayout, CgroupLimits, SandboxCgroup};
@@ -179,6 +180,8 @@ pub(crate) struct Core {
     host_layers: Vec<(MountSpec, Option<IdmappedMount>)>,
     /// Directory removals still running in the background.
     removals: Arc<AtomicUsize>,
+    /// `/etc/resolv.conf` of sandboxes from images (the host's nameservers, as `base` has).
+    resolv_conf: String,
 }
 
 fn launch_failed(what: impl std::fmt::Display) -> Error {
@@ -231,6 +234,7 @@ impl NamespaceDriver {
             disks,
             host_layers,
             removals: Arc::new(AtomicUsize::new(0)),
+            resolv_conf: crate::rootfs::resolv_conf(&host),
         });
         Ok(Self {
             warm: WarmPool::start(Arc::clone(&core), warm_floor, warm_ceiling),
@@ -283,12 +287,12 @@ impl NamespaceDriver {
 }
 
 impl Core {
-    /// The sandbox directory of `name` on its own disk, with its overlay directories and
-    /// its `/etc/hosts` and `/etc/hostname`; nothing is left if a step fails.
+    /// The sandbox directory of `name` on its own disk, with its overlay directories;
+    /// nothing is left if a step fails.
     pub(crate) fn prepare_dirs(&self, name: &str) -> std::result::Result<PathBuf, String> {
         let dir = self.config.state_dir.join("sandboxes").join(name);
         self.disks.attach(&dir).map_err(|error| error.to_string())?;
-        self.fill_dir(name, &dir).map_err(|error| {
+        self.fill_dir(&dir).map_err(|error| {
             self.discard_dir(&dir);
             format!("prepare {}: {error}", dir.display())
         })?;
@@ -303,7 +307,7 @@ impl Core {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    fn fill_dir(&self, name: &str, dir: &Path) -> std::io::Result<()> {
+    fn fill_dir(&self, dir: &Path) -> std::io::Result<()> {
         let shift = self.config.id_shift;
         for sub in ["upper/etc", "work", "root"] {
             std::fs::create_dir_all(dir.join(sub))?;
@@ -317,17 +321,22 @@ impl Core {
         for path in ["upper", "upper/etc", "work"] {
             std::os::unix::fs::lchown(dir.join(path), Some(shift), Some(shift))?;
         }
-        self.write_identity(name, dir)
+        Ok(())
     }
 
     /// The sandbox's `/etc/hosts` and `/etc/hostname` for the host name `name`, in the upper
-    /// of its directory `dir`, owned by its root.
-    fn write_identity(&self, name: &str, dir: &Path) -> std::io::Result<()> {
+    /// of its directory `dir`, owned by its root; and `/etc/resolv.conf` for a sandbox from
+    /// an image (`base` has the host's in its template).
+    fn write_identity(&self, name: &str, dir: &Path, from_image: bool) -> std::io::Result<()> {
         let shift = self.config.id_shift;
+        let resolv_conf = from_image.then(|| ("upper/etc/resolv.conf", self.resolv_conf.clone()));
         for (path, text) in [
             ("upper/etc/hosts", crate::rootfs::hosts_file(name)),
             ("upper/etc/hostname", crate::rootfs::hostname_file(name)),
-        ] {
+        ]
+        .into_iter()
+        .chain(resolv_conf)
+        {
             std::fs::write(dir.join(path), text)?;
             std::os::unix::fs::lchown(dir.join(path), Some(shift), Some(shift))?;
         }
@@ -356,33 +365,34 @@ impl Core {
             .collect()
     }
 
-    /// A whole new sandbox with the host name `name`, returned once its envd answers. Its
-    /// directory is `prepared` (see [`crate::prepared`]) when given, else one made now named
-    /// `name`; its cgroup is named as its directory. Whatever was made is undone if a step
-    /// fails, `prepared` included.
+    /// A whole new sandbox with the host name `name`, returned once its envd answers (and,
+    /// for a template with one, its ready command succeeded). Its root is `image` when
+    /// given, else `base`. Its directory is `prepared` (see [`crate::prepared`]) when given,
+    /// else one made now named `name`; its cgroup is named as its directory. Whatever was
+    /// made is undone if a step fails, `prepared` included.
     pub(crate) async fn start(
         self: &Arc<Self>,
         name: &str,
         prepared: Option<PathBuf>,
         limits: &CgroupLimits,
         internet_access: bool,
+        image: Option<&TemplateImage>,
     ) -> Result<Started> {
         // File system and cgroup work off the async workers: the warm pool's filler runs
         // this beside the daemon's requests.
         let core = Arc::clone(self);
         let (owned_name, owned_limits) = (name.to_owned(), *limits);
+        let from_image = image.is_some();
         let (dir, cgroup, mut phases) = tokio::task::spawn_blocking(move || {
             let began = Instant::now();
             let dir = match prepared {
-                Some(dir) => match core.write_identity(&owned_name, &dir) {
-                    Ok(()) => dir,
-                    Err(error) => {
-                        core.discard_dir(&dir);
-                        return Err(launch_failed(format!("prepare {}: {error}", dir.display())));
-                    }
-                },
+                Some(dir) => dir,
                 None => core.prepare_dirs(&owned_name).map_err(launch_failed)?,
             };
+            if let Err(error) = core.write_identity(&owned_name, &dir, from_image) {
+                core.discard_dir(&dir);
+                return Err(launch_failed(format!("prepare {}: {error}", dir.display())));
+            }
             let dirs = began.elapsed();
             let cgroup_name = dir
                 .file_name()
@@ -416,26 +426,22 @@ impl Core {
         let child_oom_score_adj = crate::sandbox::spawn::envd_oom_protection()
             .child_oom_score_adj()
             .to_string();
+        // `base`: its generated layer under the host's /usr; an image: its layers alone.
+        let (lower_dirs, layers) = match image {
+            Some(image) => (image.layers.iter().rev().cloned().collect(), vec![]),
+            None => (vec![self.template.rootfs()], self.layers(&dir)),
+        };
         let spec = InitSpec {
             hostname: name.to_owned(),
             netns: Some(slot.netns_path.clone()),
-            lower_dirs: vec![self.template.rootfs()],
+            lower_dirs,
             upper_dir: dir.join("upper"),
             work_dir: dir.join("work"),
             root_dir: dir.join("root"),
-            layers: self.layers(&dir),
+            layers,
             no_new_privs: self.config.no_new_privs,
             envd_binary: self.config.envd_binary.clone(),
-            envd_args: [
-                "--listen",
-                "0.0.0.0:49983",
-                "--default-user",
-                "user",
-                "--child-oom-score-adj",
-                &child_oom_score_adj,
-            ]
-            .map(String::from)
-            .to_vec(),
+            envd_args: envd_args(&child_oom_score_adj, image),
             envd_env: vec![],
             envd_access_token: Some(crate::sandbox::EnvdAccessToken(token.clone())),
         };
@@ -445,7 +451,12 @@ impl Core {
             count: 65_536,
         };
         let procs = cgroup.procs_paths();
-        let timeout = self.config.ready_timeout;
+        let timeout = match image {
+            Some(image) if image.ready_cmd.is_some() => {
+                self.config.ready_timeout.max(TEMPLATE_READY_TIMEOUT)
+            }
+            _ => self.config.ready_timeout,
+        };
         phases.push(("slot", step.elapsed()));
         let launched = tokio::task::spawn_blocking(move || {
             let began = Instant::now();
@@ -621,6 +632,41 @@ fn private_but_searchable_by_sandboxes(state_dir: &Path, shift: u32) -> Result<(
     Ok(())
 }
 
+/// How long a template's ready command gets, at least, before a create fails.
+pub const TEMPLATE_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// envd's command line: its port, its commands' OOM score, and the template's defaults
+/// (`base`: user `user`; an image: its user, working directory, environment, start and
+/// ready commands).
+fn envd_args(child_oom_score_adj: &str, image: Option<&TemplateImage>) -> Vec<String> {
+    let mut args: Vec<String> = ["--listen", "0.0.0.0:49983", "--child-oom-score-adj"]
+        .map(String::from)
+        .to_vec();
+    args.push(child_oom_score_adj.to_owned());
+    let user = image.and_then(|image| image.user.clone());
+    args.extend([
+        "--default-user".to_owned(),
+        user.unwrap_or_else(|| "user".to_owned()),
+    ]);
+    let Some(image) = image else {
+        return args;
+    };
+    let flags = [
+        ("--workdir", &image.workdir),
+        ("--start-cmd", &image.start_cmd),
+        ("--ready-cmd", &image.ready_cmd),
+    ];
+    for (flag, value) in flags {
+        if let Some(value) = value {
+            args.extend([flag.to_owned(), value.clone()]);
+        }
+    }
+    for (key, value) in &image.env {
+        args.extend(["--env".to_owned(), format!("{key}={value}")]);
+    }
+    args
+}
+
 /// `/usr` → `usr`, `/lib64` → `lib64`.
 fn layer_name(target: &Path) -> String {
     target
@@ -782,9 +828,10 @@ impl RuntimeDriver for NamespaceDriver {
         ports: &PortRegistry,
     ) -> Result<RuntimeCreatedSandbox> {
         let id = request.sandbox_id().as_str().to_owned();
-        if request.template_id() != "base" {
-            return Err(Error::SnapshotNotFound(format!(
-                "template {}",
+        let image = request.image();
+        if image.is_none() && request.template_id() != BASE_TEMPLATE {
+            return Err(Error::TemplateNotFound(format!(
+                "template '{}' not found",
                 request.template_id()
             )));
         }
@@ -795,7 +842,8 @@ impl RuntimeDriver for NamespaceDriver {
             pids_max: Some(self.core.config.pids_max),
         };
         let internet = request.allow_internet_access();
-        let warm = match self.warm.take() {
+        // The warm pool holds `base` sandboxes only.
+        let warm = match image.is_none().then(|| self.warm.take()).flatten() {
             Some(warm) => self
                 .core
                 .claim(warm, &id, &limits, internet)
@@ -810,10 +858,14 @@ impl RuntimeDriver for NamespaceDriver {
             Some(started) => Ok(started),
             None => {
                 let prepared = self.prepared.take();
-                self.core.start(&id, prepared, &limits, internet).await
+                self.core
+                    .start(&id, prepared, &limits, internet, image)
+                    .await
             }
         };
-        self.warm.refill();
+        if image.is_none() {
+            self.warm.refill();
+        }
         let mut started = started?;
         if !request.env().is_empty() {
             let began = Instant::now();

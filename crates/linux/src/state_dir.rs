@@ -7,8 +7,8 @@
 //! search the way there. Hence:
 //!
 //! - the state directory: `0711` (anyone may pass through, no one else may list it);
-//! - `sandboxes/`, `templates/`, `views/`: `root:<id_shift>` `0710` (the sandboxes' group
-//!   may pass through, others nothing);
+//! - `sandboxes/`, `templates/`, `views/`, `images/` (the image store's layers):
+//!   `root:<id_shift>` `0710` (the sandboxes' group may pass through, others nothing);
 //! - every other entry at the top: a directory `0700`, a file `0600` (group and other
 //!   permissions removed), so that whatever else lands there is private too. The daemon's
 //!   `tls/` directory opens itself again (`0711`, for its public CA certificate).
@@ -19,7 +19,7 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 
 /// The directories sandbox root must pass through to reach its mounts.
-pub const SANDBOX_SEARCHABLE: [&str; 3] = ["sandboxes", "templates", "views"];
+pub const SANDBOX_SEARCHABLE: [&str; 4] = ["sandboxes", "templates", "views", "images"];
 
 /// Make `state_dir` and its top-level entries as the [module docs](self) say, creating the
 /// directory and the [`SANDBOX_SEARCHABLE`] ones if missing.

@@ -254,8 +254,10 @@ async fn fill(inner: Arc<Inner>) {
         match next {
             Next::Start => {
                 let core = Arc::clone(&inner.core);
-                starting
-                    .spawn(async move { core.start(&warm_name(), None, &limits, internet).await });
+                starting.spawn(async move {
+                    core.start(&warm_name(), None, &limits, internet, None)
+                        .await
+                });
                 continue;
             }
             Next::Shrink(surplus) => {

@@ -31,6 +31,10 @@ pub enum Error {
     /// No snapshot (or template) has this id.
     #[error("snapshot {0} was not found")]
     SnapshotNotFound(String),
+    /// No ready template has this name; the message is E2B's (`template '<x>' not found`,
+    /// `tag '<t>' does not exist for template '<x>'`).
+    #[error("{0}")]
+    TemplateNotFound(String),
     /// The id is already taken.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -110,7 +114,9 @@ impl Error {
             Self::InvalidRequest(_) => ErrorKind::InvalidRequest,
             Self::UnsupportedCapability(_) => ErrorKind::Unsupported,
             Self::CapacityRejected(_) | Self::DiskPressure(_) => ErrorKind::Capacity,
-            Self::SandboxNotFound(_) | Self::SnapshotNotFound(_) => ErrorKind::NotFound,
+            Self::SandboxNotFound(_) | Self::SnapshotNotFound(_) | Self::TemplateNotFound(_) => {
+                ErrorKind::NotFound
+            }
             Self::Conflict(_) | Self::InvalidTransition { .. } => ErrorKind::Conflict,
             Self::TemplateBuildFailed(_)
             | Self::RuntimeLaunchFailed(_)

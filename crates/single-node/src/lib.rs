@@ -41,6 +41,7 @@ mod ports;
 mod pressure;
 mod reaper;
 mod state;
+mod template;
 pub mod testing;
 
 pub use admission::{CapacityReport, Holding, Refusal, RefusalReason, SingleNodeScheduler};
@@ -67,3 +68,4 @@ pub use state::{
     ActiveSessionRecord, DurableStateStore, ImportSummary, LogStore, SeedState, StateStore,
     StoredState, import_seed_dir,
 };
+pub use template::{BASE_TEMPLATE, TemplateImage, TemplateSource};

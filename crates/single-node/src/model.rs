@@ -216,6 +216,7 @@ pub struct SingleNodeCreateRequest {
     on_timeout: TimeoutAction,
     auto_resume: bool,
     allow_internet_access: bool,
+    image: Option<crate::template::TemplateImage>,
 }
 
 impl SingleNodeCreateRequest {
@@ -232,7 +233,22 @@ impl SingleNodeCreateRequest {
             on_timeout: TimeoutAction::Kill,
             auto_resume: false,
             allow_internet_access: true,
+            image: None,
         }
+    }
+
+    /// Build the sandbox from `image` (what the backend's template source resolved the
+    /// template id to) instead of the driver's `base`.
+    #[must_use]
+    pub fn with_image(mut self, image: crate::template::TemplateImage) -> Self {
+        self.image = Some(image);
+        self
+    }
+
+    /// The resolved template, when it is not `base`.
+    #[must_use]
+    pub fn image(&self) -> Option<&crate::template::TemplateImage> {
+        self.image.as_ref()
     }
 
     /// Use `id` instead of a generated id.

@@ -6,6 +6,9 @@
 
 mod pty;
 pub mod service;
+mod template;
+
+pub use template::{start_template_command, wait_until_template_ready};
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -606,47 +609,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Start a template's start command (`/bin/sh -c command`) in the background as the default
-/// user, tagged `start-cmd`, in the default working directory.
-///
-/// # Errors
-///
-/// When the default user does not exist or the shell cannot be started.
-pub fn start_template_command(
-    envd: &crate::state::Envd,
-    command: &str,
-) -> Result<u32, ProcessError> {
-    let user = envd.user(None).map_err(|error| ProcessError::Spawn {
-        cmd: command.to_owned(),
-        source: std::io::Error::other(error.to_string()),
-    })?;
-    let settings = envd.settings();
-    let cwd = settings.default_workdir.as_deref().map_or_else(
-        || user.home.clone(),
-        |dir| crate::paths::resolve(&user, dir),
-    );
-    let mut envs = BTreeMap::from([
-        ("PATH".to_owned(), service::DEFAULT_PATH.to_owned()),
-        ("HOME".to_owned(), user.home.display().to_string()),
-        ("USER".to_owned(), user.name.clone()),
-    ]);
-    envs.extend(settings.envs);
-    let spec = StartSpec {
-        cmd: "/bin/sh".to_owned(),
-        args: vec!["-c".to_owned(), command.to_owned()],
-        envs,
-        cwd,
-        user,
-        tag: Some("start-cmd".to_owned()),
-        stdin: false,
-        pty: None,
-        kill_at: None,
-        oom_score_adj: settings.child_oom_score_adj,
-    };
-    let (process, _output) = envd.processes().start(spec)?;
-    Ok(process.pid())
 }
 
 #[cfg(test)]

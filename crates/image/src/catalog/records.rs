@@ -14,6 +14,13 @@ pub struct ImageRecord {
     pub start_cmd: Option<String>,
     /// Polled until it succeeds before the sandbox is handed out.
     pub ready_cmd: Option<String>,
+    /// The build's final user: envd's default user in its sandboxes (`user` unless a step
+    /// set another; E2B ignores the image's own `USER`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The build's final working directory: envd's default (`None`: the user's home).
+    #[serde(default)]
+    pub workdir: Option<String>,
 }
 
 /// A build's state.

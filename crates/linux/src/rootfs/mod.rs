@@ -24,7 +24,7 @@ pub use base::{BaseTemplate, MARKER, TemplateError};
 pub use host::{HOST_FILES, HostEntry, HostEntryKind, HostFacts, SSL_CERTS_DIR};
 pub use plan::{
     BASE_PATH, BasePlan, Entry, EntryKind, FIRKIN_BIN, Origin, PLACEHOLDER_HOSTNAME, SHADOW_GID,
-    USER_ID, hostname_file, hosts_file,
+    USER_ID, hostname_file, hosts_file, resolv_conf,
 };
 
 /// A host directory the driver mounts into a sandbox built from a template.

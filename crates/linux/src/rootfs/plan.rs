@@ -268,7 +268,8 @@ pub fn hostname_file(hostname: &str) -> String {
     format!("{hostname}\n")
 }
 
-fn resolv_conf(host: &HostFacts) -> String {
+/// A sandbox's `/etc/resolv.conf`: the host's nameservers.
+pub fn resolv_conf(host: &HostFacts) -> String {
     let mut out = String::from("# firkin base: the host's nameservers\n");
     for ns in &host.nameservers {
         let _ = writeln!(out, "nameserver {ns}");

@@ -10,6 +10,7 @@ use crate::model::{
     SnapshotRecord,
 };
 use crate::state::ActiveSessionRecord;
+use crate::template::BASE_TEMPLATE;
 
 /// Where a new sandbox comes from.
 pub(super) enum Origin<'a> {
@@ -45,7 +46,7 @@ impl SingleNodeBackend {
 
     pub(super) async fn start_sandbox(
         &self,
-        request: SingleNodeCreateRequest,
+        mut request: SingleNodeCreateRequest,
         origin: Origin<'_>,
     ) -> Result<SandboxSession> {
         let operation = match origin {
@@ -62,6 +63,13 @@ impl SingleNodeBackend {
         request
             .resources()
             .validate_for(&self.shared.config.scheduler.capacity())?;
+        if let (Origin::Template, Some(templates)) = (&origin, &self.shared.templates)
+            && request.template_id() != BASE_TEMPLATE
+            && request.image().is_none()
+        {
+            let image = templates.resolve(request.template_id())?;
+            request = request.with_image(image);
+        }
         let deadline = self.deadline_after(request.timeout())?;
         if let Err(error) = self.shared.disk.check(operation) {
             self.shared
@@ -75,7 +83,11 @@ impl SingleNodeBackend {
         let now = self.now_ms();
         let record = ActiveSessionRecord {
             sandbox_id: id.clone(),
-            template_id: request.template_id().to_owned(),
+            // A resolved template is recorded by its id, whatever name the create gave.
+            template_id: request.image().map_or_else(
+                || request.template_id().to_owned(),
+                |image| image.template_id.clone(),
+            ),
             client_id: String::new(),
             envd_access_token: None,
             traffic_access_token: None,

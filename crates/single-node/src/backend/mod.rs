@@ -32,6 +32,7 @@ use crate::phases::{PhaseHistogram, PhaseTimings};
 use crate::ports::PortRegistry;
 use crate::pressure::{HostPressure, PressureSource};
 use crate::state::{LogStore, StateStore};
+use crate::template::TemplateSource;
 
 /// The backend facade. Cloning shares it.
 #[derive(Clone, Debug)]
@@ -59,6 +60,8 @@ pub(crate) struct Shared {
     /// OOM kills last seen per live sandbox, and their total since the start.
     oom_kills_seen: Mutex<HashMap<String, u64>>,
     oom_kills_total: std::sync::atomic::AtomicU64,
+    /// Where template names other than `base` are resolved.
+    templates: Option<Arc<dyn TemplateSource>>,
 }
 
 /// Builds a [`SingleNodeBackend`]; every part not given comes from the configuration.
@@ -71,6 +74,7 @@ pub struct SingleNodeBackendBuilder {
     clock: Option<Arc<dyn Clock>>,
     ports: Option<PortRegistry>,
     pressure: Option<Arc<dyn PressureSource>>,
+    templates: Option<Arc<dyn TemplateSource>>,
 }
 
 impl SingleNodeBackendBuilder {
@@ -99,6 +103,14 @@ impl SingleNodeBackendBuilder {
     #[must_use]
     pub fn pressure(mut self, pressure: Arc<dyn PressureSource>) -> Self {
         self.pressure = Some(pressure);
+        self
+    }
+
+    /// Resolve template names other than `base` in `templates` (without one, the driver
+    /// gets the name as it came and decides).
+    #[must_use]
+    pub fn templates(mut self, templates: Arc<dyn TemplateSource>) -> Self {
+        self.templates = Some(templates);
         self
     }
 
@@ -148,6 +160,7 @@ impl SingleNodeBackendBuilder {
                 create_phases: PhaseTimings::default(),
                 oom_kills_seen: Mutex::new(HashMap::new()),
                 oom_kills_total: std::sync::atomic::AtomicU64::new(0),
+                templates: self.templates,
             }),
         };
         let report = backend.reconcile_on_start().await?;
@@ -175,6 +188,7 @@ impl SingleNodeBackend {
             clock: None,
             ports: None,
             pressure: None,
+            templates: None,
         }
     }
 

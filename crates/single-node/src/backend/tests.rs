@@ -837,3 +837,77 @@ async fn oom_kills_are_logged_once_each_in_the_sandboxs_log() {
     );
     assert_consistent(&h);
 }
+
+/// A catalog with one template, `py` (tag `default`), whose id is `tpl-py`.
+#[derive(Debug)]
+struct OneTemplate;
+
+impl crate::TemplateSource for OneTemplate {
+    fn resolve(&self, reference: &str) -> crate::Result<crate::TemplateImage> {
+        assert_ne!(reference, "base", "base is never looked up");
+        if reference != "py" {
+            return Err(Error::TemplateNotFound(format!(
+                "template '{reference}' not found"
+            )));
+        }
+        Ok(crate::TemplateImage {
+            template_id: "tpl-py".into(),
+            name: "py".into(),
+            build_id: "b1".into(),
+            layers: vec!["/layers/one".into()],
+            env: vec![],
+            user: Some("user".into()),
+            workdir: None,
+            start_cmd: None,
+            ready_cmd: None,
+        })
+    }
+}
+
+#[tokio::test]
+async fn template_names_resolve_in_the_source_and_an_unknown_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = FakeDriver::new();
+    let clock = ManualClock::new(T0);
+    let backend = SingleNodeBackend::builder(config(dir.path()), Arc::new(driver.clone()))
+        .disk_guard(DiskPressureGuard::with_probe(
+            dir.path().to_owned(),
+            0,
+            0,
+            Arc::new(StatvfsDiskProbe),
+        ))
+        .clock(Arc::new(clock.clone()))
+        .templates(Arc::new(OneTemplate))
+        .build()
+        .await
+        .unwrap();
+    let h = Harness {
+        backend,
+        driver,
+        clock,
+    };
+    let from = |template: &str, id: &str| {
+        SingleNodeCreateRequest::new(template, SandboxResources::from_mib(2, 512))
+            .with_sandbox_id(SandboxId::parse(id).unwrap())
+    };
+    let made = h.backend.create(from("py", "one")).await.unwrap();
+    assert_eq!(
+        made.template_id(),
+        "tpl-py",
+        "recorded by the template's id"
+    );
+    let base = h.backend.create(from("base", "two")).await.unwrap();
+    assert_eq!(base.template_id(), "base");
+
+    let error = h.backend.create(from("nope", "three")).await.unwrap_err();
+    assert!(matches!(error, Error::TemplateNotFound(_)), "{error:?}");
+    assert_eq!(error.kind(), crate::ErrorKind::NotFound);
+    assert_eq!(error.to_string(), "template 'nope' not found");
+    assert_eq!(
+        h.driver.creates(),
+        2,
+        "the driver never saw the unknown one"
+    );
+    assert_eq!(h.backend.state().load_active().len(), 2);
+    assert_consistent(&h);
+}

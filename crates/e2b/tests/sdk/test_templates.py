@@ -1,0 +1,172 @@
+"""Sandboxes from a template that is an OCI image, through the real `e2b` SDK.
+
+The image is made here, from nothing on the internet: Debian's static busybox (scripts/setup
+installs `busybox-static`) with its applets as links, as an OCI image layout that the daemon's
+own CLI imports (`firkin template import`) into the running daemon's image store. busybox has
+no bash, and the SDK runs every command as `/bin/bash -l -c`: the image's `/bin/bash` is a
+two-line script that hands its arguments to busybox's `sh`.
+"""
+
+import gzip
+import hashlib
+import io
+import json
+import pathlib
+import subprocess
+import tarfile
+
+import pytest
+from conftest import firkin_binary
+
+BUSYBOX = pathlib.Path("/bin/busybox")
+APPLETS = [
+    "sh", "cat", "echo", "env", "id", "whoami", "ls", "pwd", "mkdir", "rm", "sleep", "test",
+    "stat", "hostname", "touch", "grep", "wc", "head",
+]
+BASH = b'#!/bin/sh\nexec /bin/sh "$@"\n'
+IMAGE_ENV = "hello from the image"
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def layer_tar() -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+
+        def add(name, data=None, mode=0o644, kind=tarfile.REGTYPE, link=""):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.linkname = kind, mode, link
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+        for directory in ["bin", "etc", "root", "srv", "usr", "usr/share"]:
+            add(directory, mode=0o755, kind=tarfile.DIRTYPE)
+        add("bin/busybox", BUSYBOX.read_bytes(), mode=0o755)
+        for applet in APPLETS:
+            add(f"bin/{applet}", kind=tarfile.SYMTYPE, link="busybox")
+        add("bin/bash", BASH, mode=0o755)
+        add("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n")
+        add("etc/group", b"root:x:0:\nsudo:x:27:\nnogroup:x:65534:\n")
+        add("etc/os-release", b"ID=firkin-busybox-test\n")
+        add("usr/share/greeting.txt", b"a file of the image\n")
+    return out.getvalue()
+
+
+def write_layout(dest: pathlib.Path) -> None:
+    """An OCI image layout holding one image, ref name `latest`, of one gzip layer."""
+    blobs = dest / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data: bytes) -> str:
+        digest = sha256(data)
+        (blobs / digest.removeprefix("sha256:")).write_bytes(data)
+        return digest
+
+    tar = layer_tar()
+    layer = gzip.compress(tar, mtime=0)
+    config = json.dumps({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", f"GREETING={IMAGE_ENV}"],
+            "WorkingDir": "/srv",
+            "User": "nobody",
+        },
+        "rootfs": {"type": "layers", "diff_ids": [sha256(tar)]},
+    }).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": blob(config),
+            "size": len(config),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": blob(layer),
+            "size": len(layer),
+        }],
+    }).encode()
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (dest / "index.json").write_text(json.dumps({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": blob(manifest),
+            "size": len(manifest),
+            "annotations": {"org.opencontainers.image.ref.name": "latest"},
+        }],
+    }))
+
+
+@pytest.fixture(scope="module")
+def busybox_template(firkin, tmp_path_factory) -> str:
+    """The template `busybox-test:v1`, imported into the running daemon's store."""
+    if not BUSYBOX.is_file():
+        pytest.fail(f"{BUSYBOX} is missing: scripts/setup installs busybox-static")
+    layout = tmp_path_factory.mktemp("layout") / "busybox"
+    write_layout(layout)
+    imported = subprocess.run(
+        [
+            str(firkin_binary()), "--json", "template", "--state-dir", str(firkin.state_dir),
+            "import", str(layout), "--name", "busybox-test:v1",
+        ],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert imported.returncode == 0, imported.stderr
+    return "busybox-test:v1"
+
+
+def test_a_sandbox_of_an_image_runs_its_files_as_user_with_its_env(
+    busybox_template, make_sandbox
+):
+    sbx = make_sandbox(template=busybox_template)
+    assert sbx.commands.run("cat /etc/os-release").stdout == "ID=firkin-busybox-test\n"
+    assert sbx.files.read("/usr/share/greeting.txt") == "a file of the image\n"
+    # E2B's user, made by the template's system layer, is the default user, in its home.
+    assert sbx.commands.run("whoami").stdout.strip() == "user"
+    assert sbx.commands.run("pwd").stdout.strip() == "/home/user"
+    assert sbx.commands.run("id -u").stdout.strip() == "1000"
+    assert sbx.commands.run("whoami", user="root").stdout.strip() == "root"
+    # The image's ENV reaches every command.
+    assert sbx.commands.run("echo $GREETING").stdout.strip() == IMAGE_ENV
+    # The sandbox's own identity files, not the image's.
+    assert sbx.commands.run("hostname").stdout.strip() == sbx.sandbox_id
+    assert "127.0.1.1" in sbx.files.read("/etc/hosts")
+    assert sbx.files.read("/etc/resolv.conf").startswith("# firkin")
+    # Writes land in the sandbox's own upper layer.
+    sbx.files.write("/home/user/note.txt", "mine")
+    assert sbx.commands.run("cat /home/user/note.txt").stdout == "mine"
+    sbx.commands.run("rm /usr/share/greeting.txt", user="root")
+    assert not sbx.files.exists("/usr/share/greeting.txt")
+
+
+def test_sandboxes_of_one_image_do_not_see_each_others_writes(busybox_template, make_sandbox):
+    first = make_sandbox(template=busybox_template)
+    second = make_sandbox(template=busybox_template, envs={"FROM_CREATE": "yes"})
+    first.commands.run("rm /usr/share/greeting.txt", user="root")
+    first.files.write("/srv/only-first.txt", "1", user="root")
+    assert second.files.read("/usr/share/greeting.txt") == "a file of the image\n"
+    assert not second.files.exists("/srv/only-first.txt")
+    assert second.commands.run("echo $FROM_CREATE $GREETING").stdout.strip() == (
+        f"yes {IMAGE_ENV}"
+    )
+
+
+def test_an_unknown_template_or_tag_is_a_404_with_e2bs_words(busybox_template, meta):
+    from e2b import Sandbox, SandboxException
+
+    with pytest.raises(SandboxException) as error:
+        Sandbox.create(template="no-such-template", metadata=meta)
+    assert "template 'no-such-template' not found" in str(error.value)
+    with pytest.raises(SandboxException) as error:
+        Sandbox.create(template="busybox-test:v2", metadata=meta)
+    assert "tag 'v2' does not exist for template 'busybox-test'" in str(error.value)
+    # Building `busybox-test:v1` made no `default` tag (as in E2B).
+    with pytest.raises(SandboxException) as error:
+        Sandbox.create(template="busybox-test", metadata=meta)
+    assert "tag 'default' does not exist" in str(error.value)
