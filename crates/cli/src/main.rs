@@ -58,7 +58,7 @@ enum Command {
         config: Option<PathBuf>,
 
         #[command(flatten)]
-        args: serve::ServeArgs,
+        args: Box<serve::ServeArgs>,
     },
     /// Bring images in as templates (pull, import), list, remove and prune them.
     Template {
@@ -138,7 +138,7 @@ fn main() -> ExitCode {
                 state_dir
             };
             args.apply_file(file, serve_matches);
-            serve::run(&state_dir.unwrap_or_else(default_state_dir), args)
+            serve::run(&state_dir.unwrap_or_else(default_state_dir), *args)
         })(),
         Command::Sandbox {
             state_dir,

@@ -70,6 +70,10 @@ pub(crate) struct ServeArgs {
         value_parser = parse_private_range
     )]
     egress_allow_private: Vec<firkin_linux::net::Ipv4Net>,
+    /// Registries (`host:port`, comma-separated) that template builds pull from over plain
+    /// HTTP, e.g. one on loopback; every other registry is spoken to over HTTPS.
+    #[arg(long, env = "FIRKIN_INSECURE_REGISTRIES", value_delimiter = ',')]
+    insecure_registry: Vec<String>,
     /// The disk each sandbox gets, MiB: writes past it fail with "No space left on device"
     /// inside the sandbox, and E2B's `diskSizeMB` reports it. A sparse image per sandbox, so
     /// the host gives only what is written. 0: no limit (sandboxes share the state file
@@ -232,7 +236,7 @@ async fn serve(
     let backend_config = SingleNodeConfig::new(state_dir).with_scheduler(scheduler);
     let backend = SingleNodeBackend::builder(backend_config, Arc::new(driver))
         .state(store)
-        .templates(templates)
+        .templates(Arc::clone(&templates) as Arc<dyn firkin_single_node::TemplateSource>)
         .build()
         .await
         .context("open the sandbox backend")?;
@@ -263,7 +267,23 @@ async fn serve(
         }
         None => None,
     };
-    let state = AppState::new(backend.clone(), config);
+    let interrupted = templates.catalog.fail_interrupted_builds()?;
+    if interrupted > 0 {
+        eprintln!(
+            "firkin serve: {interrupted} template builds the last daemon left unfinished are marked failed"
+        );
+    }
+    let pull = firkin_image::PullOptions {
+        insecure_registries: args.insecure_registry.clone(),
+        ..firkin_image::PullOptions::default()
+    };
+    let builder = firkin_build::Builder::new(
+        Arc::clone(&templates),
+        backend.clone(),
+        state_dir.join("images/uploads"),
+        pull,
+    );
+    let state = AppState::with_builder(backend.clone(), config, builder);
 
     eprintln!(
         "firkin serve: listening on http://{address} (state {}, ready in {:.0?}; re-adopted {}, reclaimed {})",

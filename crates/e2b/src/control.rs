@@ -27,6 +27,7 @@ use crate::dto::{
     self, ConnectSandbox, LogEntry, LogLine, NewSandbox, Sandbox, SandboxDetail, SetTimeout,
 };
 use crate::error::ApiError;
+use crate::templates;
 
 /// Largest request body the control plane reads (its bodies are small JSON objects).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -53,9 +54,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/snapshots", get(not_built("snapshots")))
         .route("/sandboxes/{id}/fork", post(not_built("fork")))
         .route("/sandboxes/{id}/network", put(not_built("network updates")))
-        .route("/templates/{id}", delete(not_built("templates")))
-        .route("/v3/templates", post(not_built("template builds")))
-        .route("/templates", get(not_built("templates")))
+        .route("/v3/templates", post(templates::request_build))
+        .route("/templates", get(templates::list))
+        .route("/templates/{id}", delete(templates::delete))
+        .route("/templates/{id}/files/{hash}", get(templates::upload_link))
+        .route(
+            "/v2/templates/{id}/builds/{bid}",
+            post(templates::start_build),
+        )
+        .route(
+            "/templates/{id}/builds/{bid}/status",
+            get(templates::build_status),
+        )
+        .route("/templates/aliases/{alias}", get(templates::alias))
+        .route(
+            "/templates/tags",
+            post(templates::assign_tags).delete(templates::remove_tags),
+        )
+        .route("/templates/{id}/tags", get(templates::tags))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -68,6 +84,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             require_api_key,
         ))
         .route("/health", get(|| async { StatusCode::OK }))
+        // The SDK's upload PUT carries no API key: its URL's token stands for it.
+        .route(
+            "/upload/templates/{id}/files/{hash}",
+            put(templates::upload),
+        )
         .route("/metrics", get(daemon_metrics))
         .with_state(state)
 }
@@ -104,7 +125,7 @@ async fn require_api_key(State(state): Shared, request: Request, next: Next) -> 
 
 /// The JSON body of a request: 413 when too large, 400 when not the expected JSON. An empty
 /// body reads as `{}` (the SDK sends none on some routes).
-async fn json_body<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
+pub(crate) async fn json_body<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| {

@@ -24,6 +24,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 mod signed_files;
+mod templates;
 pub mod tls;
 
 use std::sync::Arc;
@@ -83,18 +84,39 @@ pub struct AppState {
     pub metrics: metrics::DaemonMetrics,
     /// Last CPU sample per sandbox (unix ms, CPU µs), for the metrics' CPU percentage.
     pub(crate) cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
+    /// Template builds and the image catalog; `None`: the template routes answer 501.
+    pub builder: Option<Arc<firkin_build::Builder>>,
 }
 
 impl AppState {
     /// State over `backend` with `config`.
     #[must_use]
     pub fn new(backend: SingleNodeBackend, config: E2bConfig) -> Arc<Self> {
+        Self::with(backend, config, None)
+    }
+
+    /// State over `backend` with `config` that builds templates with `builder`.
+    #[must_use]
+    pub fn with_builder(
+        backend: SingleNodeBackend,
+        config: E2bConfig,
+        builder: Arc<firkin_build::Builder>,
+    ) -> Arc<Self> {
+        Self::with(backend, config, Some(builder))
+    }
+
+    fn with(
+        backend: SingleNodeBackend,
+        config: E2bConfig,
+        builder: Option<Arc<firkin_build::Builder>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             backend,
             config,
             proxy: proxy::Proxy::new(),
             metrics: metrics::DaemonMetrics::default(),
             cpu_samples: std::sync::Mutex::default(),
+            builder,
         })
     }
 }

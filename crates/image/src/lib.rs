@@ -22,6 +22,7 @@ pub mod catalog;
 pub mod digest;
 mod docker_archive;
 mod error;
+pub mod export;
 mod image;
 pub mod layout;
 pub mod provision;

@@ -12,6 +12,8 @@
 use std::os::unix::fs::FileTypeExt as _;
 use std::path::{Path, PathBuf};
 
+use crate::IdShift;
+
 /// The user every template has.
 pub const USER: &str = "user";
 /// The uid (and gid) `user` gets when the image does not use it already.
@@ -20,8 +22,8 @@ pub const USER_ID: u32 = 1000;
 /// The system layer for an image whose layers are `layers` (directories, bottom first), as
 /// an uncompressed tar.
 #[must_use]
-pub fn system_layer(layers: &[PathBuf]) -> Vec<u8> {
-    let image = ImageView { layers };
+pub fn system_layer(layers: &[PathBuf], ids: IdShift) -> Vec<u8> {
+    let image = ImageView { layers, ids };
     let mut tar = Tar::default();
     for (dir, mode) in [
         ("proc", 0o555),
@@ -92,10 +94,79 @@ pub fn system_layer(layers: &[PathBuf]) -> Vec<u8> {
     tar.finish()
 }
 
+/// A user of an image, as its `/etc/passwd` has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUser {
+    /// uid inside the sandbox.
+    pub uid: u32,
+    /// Primary gid inside the sandbox.
+    pub gid: u32,
+    /// Home directory.
+    pub home: String,
+}
+
+/// The user `name` (or numeric uid) of the image whose layers are `layers` (bottom first).
+#[must_use]
+pub fn find_user(layers: &[PathBuf], name: &str) -> Option<ImageUser> {
+    let passwd = ImageView {
+        layers,
+        ids: NO_SHIFT,
+    }
+    .text("etc/passwd");
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let matches = fields.first() == Some(&name) || fields.get(2) == Some(&name);
+        (matches && fields.len() >= 6).then(|| ImageUser {
+            uid: fields[2].parse().unwrap_or(0),
+            gid: fields[3].parse().unwrap_or(0),
+            home: fields[5].to_owned(),
+        })
+    })
+}
+
+/// The gid of the group `name` (or a numeric gid) of the image whose layers are `layers`.
+#[must_use]
+pub fn find_group(layers: &[PathBuf], name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    let group = ImageView {
+        layers,
+        ids: NO_SHIFT,
+    }
+    .text("etc/group");
+    group.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(name))
+            .then(|| fields.nth(1)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Mode bits, uid and gid (inside the sandbox) of `relative` in the image, if it shows it.
+#[must_use]
+pub fn attributes(layers: &[PathBuf], ids: IdShift, relative: &str) -> Option<(u32, u32, u32)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(ImageView { layers, ids }.find(relative)?).ok()?;
+    Some((
+        meta.mode() & 0o7777,
+        crate::export::unshift(ids, meta.uid()),
+        crate::export::unshift(ids, meta.gid()),
+    ))
+}
+
+/// Reading files needs no id shift.
+const NO_SHIFT: IdShift = IdShift {
+    host_start: 0,
+    count: u32::MAX,
+};
+
 /// The image as overlayfs shows its layers: the topmost layer that has a path, or deletes it
 /// (a whiteout, or an opaque directory above it), decides.
 struct ImageView<'a> {
     layers: &'a [PathBuf],
+    /// How the store shifted the layers' ids.
+    ids: IdShift,
 }
 
 impl ImageView<'_> {
@@ -137,7 +208,10 @@ impl ImageView<'_> {
     fn mode_and_gid(&self, relative: &str) -> Option<(u32, u32)> {
         use std::os::unix::fs::MetadataExt as _;
         let meta = std::fs::metadata(self.find(relative)?).ok()?;
-        Some((meta.mode() & 0o7777, meta.gid() % 65_536))
+        Some((
+            meta.mode() & 0o7777,
+            crate::export::unshift(self.ids, meta.gid()),
+        ))
     }
 }
 
@@ -313,7 +387,7 @@ mod tests {
         std::fs::create_dir_all(top.join("bin")).unwrap();
         std::fs::write(top.join("bin/bash"), "").unwrap();
 
-        let layer = entries(&system_layer(&[bottom, top]));
+        let layer = entries(&system_layer(&[bottom, top], NO_SHIFT));
         assert_eq!(
             layer["etc/passwd"].3.as_deref(),
             Some(
@@ -352,7 +426,7 @@ mod tests {
             "user:x:1000:1000::/home/user:/bin/sh\n",
         )
         .unwrap();
-        let layer = entries(&system_layer(&[layer]));
+        let layer = entries(&system_layer(&[layer], NO_SHIFT));
         let paths: Vec<&str> = layer.keys().map(String::as_str).collect();
         assert_eq!(paths, ["dev", "home", "run", "sys", "tmp"]);
     }

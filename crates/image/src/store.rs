@@ -67,6 +67,11 @@ impl LayerStore {
         let entries = std::fs::read_dir(&tmp).map_err(UnpackError::io("list", &tmp))?;
         for entry in entries.flatten() {
             let path = entry.path();
+            // The daemon and the command line share the store: what a live process is
+            // unpacking is not left over.
+            if owner_alive(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
             tracing::warn!(path = %path.display(), "removing a half-unpacked layer or download");
             if path.is_dir() {
                 std::fs::remove_dir_all(&path)
@@ -76,6 +81,19 @@ impl LayerStore {
             .map_err(UnpackError::io("remove", &path))?;
         }
         Ok(store)
+    }
+
+    /// A file name in the store's scratch directory (on the layers' file system, emptied of
+    /// dead processes' files when a store is opened) for `kind` of work.
+    #[must_use]
+    pub fn scratch_path(&self, kind: &str) -> PathBuf {
+        self.tmp_path(kind)
+    }
+
+    /// How the store shifts the ids of what it unpacks.
+    #[must_use]
+    pub fn ids(&self) -> crate::IdShift {
+        self.options.ids
     }
 
     /// Where the layer `diff_id` lives (whether or not it is there).
@@ -209,6 +227,16 @@ fn sync_file_system(path: &Path) -> Result<(), UnpackError> {
 }
 
 /// A directory of `tmp/` that is removed when dropped, unless kept.
+/// Whether the scratch entry `name` (`<kind>-<pid>-<n>`) belongs to a live process other
+/// than this one.
+fn owner_alive(name: &str) -> bool {
+    let pid = name
+        .rsplit('-')
+        .nth(1)
+        .and_then(|pid| pid.parse::<u32>().ok());
+    pid.is_some_and(|pid| pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Makes `dir` `root:<gid>` `0710`: the sandboxes' root (whose host group is `gid`) may pass
 /// through it to the layers it mounts, and no one else may enter.
 pub(crate) fn searchable_by_sandboxes(dir: &Path, gid: u32) -> Result<(), UnpackError> {

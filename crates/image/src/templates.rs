@@ -119,6 +119,21 @@ impl Templates {
         .await
     }
 
+    /// Pulls `reference` and adds the system layer, as a build from an image starts, without
+    /// a build of its own in the catalog.
+    ///
+    /// # Errors
+    ///
+    /// The pull or the store failed.
+    pub async fn pull_image(
+        &self,
+        reference: &str,
+        options: &PullOptions,
+    ) -> Result<ImageRecord, TemplateError> {
+        let image = pull(reference, Arc::clone(&self.layers), options).await?;
+        Ok(self.provision(image).await?.1)
+    }
+
     /// Removes the layers no template keeps; returns their digests.
     ///
     /// # Errors
@@ -176,7 +191,7 @@ impl Templates {
         let paths: Vec<PathBuf> = image.layers.iter().map(|l| l.path.clone()).collect();
         let store = Arc::clone(&self.layers);
         let system = tokio::task::spawn_blocking(move || {
-            let tar = crate::provision::system_layer(&paths);
+            let tar = crate::provision::system_layer(&paths, store.ids());
             store.unpack(std::io::Cursor::new(tar), Expected::default())
         })
         .await

@@ -175,6 +175,15 @@ mod tests {
         drop(catalog);
 
         let reopened = Catalog::open(&path).unwrap();
+        assert_eq!(
+            reopened
+                .build_state(&build.template_id, &build.build_id, 0, 100)
+                .unwrap()
+                .status,
+            BuildStatus::Building,
+            "opening alone fails nothing (the command line opens it beside the daemon)"
+        );
+        assert_eq!(reopened.fail_interrupted_builds().unwrap(), 1);
         let state = reopened
             .build_state(&build.template_id, &build.build_id, 0, 100)
             .unwrap();

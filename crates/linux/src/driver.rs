@@ -948,6 +948,11 @@ impl RuntimeDriver for NamespaceDriver {
         warm.and(slots)
     }
 
+    fn writes_dir(&self, sandbox_id: &str) -> Option<PathBuf> {
+        self.live_handle(sandbox_id)
+            .map(|handle| handle.dir.join("upper"))
+    }
+
     fn pools(&self) -> RuntimePools {
         RuntimePools {
             warm_ready: self.warm.ready(),

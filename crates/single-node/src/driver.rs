@@ -99,6 +99,13 @@ pub trait RuntimeDriver: Send + Sync + std::fmt::Debug + 'static {
         Ok(None)
     }
 
+    /// The directory holding what a live sandbox wrote to its root file system (an overlay
+    /// upper, with overlay whiteouts), for builds that keep it as a layer; read it only while
+    /// the sandbox is paused. `None` when the driver has no such directory.
+    fn writes_dir(&self, _sandbox_id: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// What the driver keeps ready for sandboxes to come (nothing, unless it pools).
     fn pools(&self) -> RuntimePools {
         RuntimePools::default()

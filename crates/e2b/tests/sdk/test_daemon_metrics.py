@@ -75,8 +75,9 @@ def test_metrics_show_the_warm_pool_refilling_after_a_create():
             assert time.monotonic() < deadline, f"the warm pool stayed at {ready} of {target}"
             time.sleep(0.05)
 
-    # The daemon runs with its default pool of 2 (and spare network slots besides).
-    assert pool()[1] == 2
+    # The daemon runs with its default pool of 2 (and spare network slots besides); an
+    # earlier burst of creates may have grown it for a minute (it follows demand).
+    assert pool()[1] >= 2
     assert "firkin_spare_network_slots" in scrape()
     wait_full()
     claims = 'firkin_sandbox_create_phase_seconds_count{phase="claim"}'

@@ -1,4 +1,5 @@
-"""Sandboxes from a template that is an OCI image, through the real `e2b` SDK.
+"""Sandboxes from a template that is an OCI image, and templates built with the Template
+SDK, through the real `e2b` SDK.
 
 The image is made here, from nothing on the internet: Debian's static busybox (scripts/setup
 installs `busybox-static`) with its applets as links, as an OCI image layout that the daemon's
@@ -21,7 +22,8 @@ from conftest import firkin_binary
 BUSYBOX = pathlib.Path("/bin/busybox")
 APPLETS = [
     "sh", "cat", "echo", "env", "id", "whoami", "ls", "pwd", "mkdir", "rm", "sleep", "test",
-    "stat", "hostname", "touch", "grep", "wc", "head",
+    "stat", "hostname", "touch", "grep", "wc", "head", "chown", "adduser", "addgroup", "httpd",
+    "wget", "cp", "tar",
 ]
 BASH = b'#!/bin/sh\nexec /bin/sh "$@"\n'
 IMAGE_ENV = "hello from the image"
@@ -170,3 +172,76 @@ def test_an_unknown_template_or_tag_is_a_404_with_e2bs_words(busybox_template, m
     with pytest.raises(SandboxException) as error:
         Sandbox.create(template="busybox-test", metadata=meta)
     assert "tag 'default' does not exist" in str(error.value)
+
+
+def test_the_template_sdk_builds_on_a_template_and_its_sandboxes_run_the_result(
+    busybox_template, make_sandbox, run_id, tmp_path
+):
+    from e2b import Template
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("built by firkin\n")
+    (tmp_path / "notes.txt").write_text("copied\n")
+    template = (
+        Template(file_context_path=str(tmp_path))
+        .from_template(busybox_template)
+        .copy("notes.txt", "notes.txt")
+        .copy("site", "/srv/www/", mode=0o755)
+        .set_envs({"BUILD_ONLY": "yes"})
+        .run_cmd('echo "$BUILD_ONLY" > env-at-build && whoami > built-by')
+        .run_cmd("mkdir -p /opt/tool && echo tool > /opt/tool/version", user="root")
+        .set_workdir("/srv/www")
+        .set_start_cmd(
+            "httpd -f -p 8080 -h /srv/www",
+            "wget -q -O /dev/null http://127.0.0.1:8080/index.html",
+        )
+    )
+    name = f"built-{run_id}"
+    logs = []
+    Template.build(template, f"{name}:v1", on_build_logs=logs.append)
+    assert any("RUN mkdir -p /opt/tool" in entry.message for entry in logs), logs
+
+    sbx = make_sandbox(template=f"{name}:v1")
+    # COPY: a relative destination lands in the user's home; a directory is merged in.
+    assert sbx.files.read("/home/user/notes.txt") == "copied\n"
+    assert sbx.commands.run("stat -c '%U %a' /srv/www/index.html").stdout.strip() == "user 755"
+    # RUN steps ran as the build's user (user) or as asked (root), with the build's ENV.
+    assert sbx.files.read("/home/user/built-by") == "user\n"
+    assert sbx.files.read("/home/user/env-at-build") == "yes\n"
+    assert sbx.files.read("/opt/tool/version") == "tool\n"
+    # The final WORKDIR is the sandboxes' working directory; ENV was the build's alone.
+    assert sbx.commands.run("pwd").stdout.strip() == "/srv/www"
+    assert sbx.commands.run("echo \"[$BUILD_ONLY]\"").stdout.strip() == "[]"
+    # The start command runs, and was ready before the create answered.
+    served = sbx.commands.run("wget -q -O - http://127.0.0.1:8080/index.html")
+    assert served.stdout == "built by firkin\n"
+
+    # An unchanged rebuild runs no step again: each step that made a layer (ENV makes none,
+    # nor WORKDIR of a directory that exists) is taken from the cache.
+    again = []
+    Template.build(template, f"{name}:v2", on_build_logs=again.append)
+    cached = [entry.message for entry in again if entry.message.startswith("CACHED")]
+    assert cached == [
+        "CACHED COPY notes.txt notes.txt",
+        "CACHED COPY site /srv/www/",
+        'CACHED RUN echo "$BUILD_ONLY" > env-at-build && whoami > built-by',
+        "CACHED RUN mkdir -p /opt/tool && echo tool > /opt/tool/version (as root)",
+    ], [entry.message for entry in again]
+    assert Template.exists(name)
+    assert not Template.exists(f"nothing-{run_id}")
+
+
+def test_a_failing_step_fails_the_build_with_its_command_and_status(busybox_template, run_id):
+    from e2b import BuildException, Template
+
+    template = Template().from_template(busybox_template).run_cmd("echo about to fail; exit 3")
+    lines = []
+    with pytest.raises(BuildException) as error:
+        Template.build(template, f"failing-{run_id}", on_build_logs=lines.append)
+    assert "failed to run command 'echo about to fail; exit 3': exit status 3" in str(error.value)
+    assert any(entry.message == "about to fail" for entry in lines), lines
+    from e2b import Sandbox, SandboxException
+
+    with pytest.raises(SandboxException) as missing:
+        Sandbox.create(template=f"failing-{run_id}")
+    assert "does not exist" in str(missing.value), "a failed build takes no tag"

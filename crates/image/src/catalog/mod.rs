@@ -11,7 +11,10 @@
 //!   through the tag (default `default`), or a build id in its place.
 //!
 //! A build that was `waiting` or `building` when the daemon stopped is marked `error` when the
-//! catalog is opened again: nothing will finish it.
+//! daemon starts again ([`Catalog::fail_interrupted_builds`]): nothing will finish it.
+//!
+//! The build cache maps a step's key (its parent, the step, its files) to the layer it made,
+//! so that an unchanged step of a rebuild is not run again.
 
 mod ids;
 mod name;
@@ -56,11 +59,12 @@ CREATE TABLE IF NOT EXISTS build_logs (
     build_id TEXT NOT NULL REFERENCES builds(id) ON DELETE CASCADE, seq INTEGER NOT NULL,
     at_ms INTEGER NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL, step TEXT,
     PRIMARY KEY (build_id, seq));
+CREATE TABLE IF NOT EXISTS step_cache (
+    key TEXT PRIMARY KEY, layer TEXT NOT NULL, created_at INTEGER NOT NULL);
 ";
 
 impl Catalog {
-    /// Opens (creating) the catalog at `path`; builds a stopped daemon left unfinished are
-    /// marked failed.
+    /// Opens (creating) the catalog at `path`.
     ///
     /// # Errors
     ///
@@ -68,12 +72,52 @@ impl Catalog {
     pub fn open(path: &Path) -> Result<Self> {
         let db = Connection::open(path)?;
         db.execute_batch(SCHEMA)?;
-        db.execute(
+        // The daemon and the command line may use the catalog at once.
+        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Self { db: Mutex::new(db) })
+    }
+
+    /// Marks failed every build still `waiting` or `building`: what a daemon that stopped
+    /// left unfinished. Only a starting daemon calls this (a command-line pull beside a
+    /// running daemon must not fail the daemon's builds); returns how many.
+    ///
+    /// # Errors
+    ///
+    /// The database failed.
+    pub fn fail_interrupted_builds(&self) -> Result<usize> {
+        Ok(self.db().execute(
             "UPDATE builds SET status = 'error', reason = 'the daemon stopped during the build'
              WHERE status IN ('waiting', 'building')",
             [],
+        )?)
+    }
+
+    /// The layer the step with cache key `key` made, if a build remembered one.
+    ///
+    /// # Errors
+    ///
+    /// The database failed, or the stored digest is unreadable.
+    pub fn cached_step(&self, key: &str) -> Result<Option<Digest>> {
+        let layer: Option<String> = self
+            .db()
+            .query_row("SELECT layer FROM step_cache WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(layer.and_then(|layer| layer.parse().ok()))
+    }
+
+    /// Remembers that the step with cache key `key` made `layer`.
+    ///
+    /// # Errors
+    ///
+    /// The database failed.
+    pub fn remember_step(&self, key: &str, layer: &Digest) -> Result<()> {
+        self.db().execute(
+            "INSERT OR REPLACE INTO step_cache (key, layer, created_at) VALUES (?1, ?2, ?3)",
+            params![key, layer.to_string(), now_ms()],
         )?;
-        Ok(Self { db: Mutex::new(db) })
+        Ok(())
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -414,7 +458,8 @@ impl Catalog {
         Ok(templates)
     }
 
-    /// The layers some ready build uses: what a prune of the layer store must keep.
+    /// The layers some ready build uses: what a prune of the layer store must keep. (The
+    /// build cache does not keep a layer: a pruned one is built again.)
     ///
     /// # Errors
     ///
