@@ -383,13 +383,19 @@ impl Builder {
                 let command = format!(
                     "useradd --create-home --shell /bin/bash {user} 2>/dev/null || adduser -D -s /bin/sh {user}"
                 );
+                // The user does not exist yet: the build sandbox's default user is root.
+                let as_root = Context {
+                    user: "root".to_owned(),
+                    workdir: Some("/".to_owned()),
+                    ..context.clone()
+                };
                 return self
                     .run_in_sandbox(
                         template_id,
                         build_id,
                         label,
                         record,
-                        context,
+                        &as_root,
                         &command,
                         "root",
                     )
@@ -407,14 +413,20 @@ impl Builder {
                 {
                     return Ok(None);
                 }
-                let command = format!("mkdir -p '{dir}' && chown '{}' '{dir}'", context.user);
+                let dir = quote(&dir);
+                let command = format!("mkdir -p {dir} && chown {} {dir}", quote(&context.user));
+                // Run from `/`: the directory does not exist yet.
+                let from_root = Context {
+                    workdir: Some("/".to_owned()),
+                    ..context.clone()
+                };
                 return self
                     .run_in_sandbox(
                         template_id,
                         build_id,
                         label,
                         record,
-                        context,
+                        &from_root,
                         &command,
                         "root",
                     )
@@ -481,6 +493,7 @@ impl Builder {
             workdir: context.workdir.clone(),
             start_cmd: record.start_cmd.clone(),
             ready_cmd: record.ready_cmd.clone(),
+            keep_warm: false,
         }
     }
 
@@ -607,6 +620,11 @@ fn keep_writes(upper: &Path, store: &firkin_image::LayerStore) -> Result<Digest,
     Ok(layer?.diff_id)
 }
 
+/// `text` as one shell word.
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -651,6 +669,12 @@ fn step_key(parent: &str, step: &Step, context: &Context) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quoted_word_stays_one_word() {
+        assert_eq!(quote("/app"), "'/app'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+    }
 
     #[test]
     fn workdirs_resolve_against_the_last_one() {

@@ -21,10 +21,12 @@
 //! result before the build is ready.
 
 mod copy;
+pub mod dockerfile;
 mod engine;
 mod envd;
 pub mod spec;
 
+pub use dockerfile::{Dockerfile, Instruction};
 pub use engine::{Builder, MAX_UPLOAD_BYTES};
 pub use spec::{BuildStart, Step};
 

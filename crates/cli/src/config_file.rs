@@ -26,6 +26,9 @@ pub(crate) struct FileConfig {
     pub(crate) tls_listen: Option<SocketAddr>,
     pub(crate) warm_pool: Option<usize>,
     pub(crate) warm_pool_max: Option<usize>,
+    pub(crate) warm_pool_per_template: Option<usize>,
+    pub(crate) warm_templates: Option<usize>,
+    pub(crate) insecure_registry: Option<Vec<String>>,
     #[serde(default, deserialize_with = "slot_range")]
     pub(crate) slot_range: Option<firkin_linux::net::Ipv4Net>,
     #[serde(default, deserialize_with = "max_connections")]

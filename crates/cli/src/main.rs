@@ -14,6 +14,7 @@ mod doctor_capacity;
 mod sandbox_cmd;
 mod serve;
 mod state_cmd;
+mod template_build;
 mod template_cmd;
 
 use std::path::PathBuf;

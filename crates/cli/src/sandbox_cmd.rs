@@ -89,13 +89,13 @@ fn key_value(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{text:?} is not key=value"))
 }
 
-struct Client {
+pub(crate) struct Client {
     url: String,
     api_key: String,
 }
 
 impl Client {
-    fn new(args: ClientArgs, state_dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn new(args: ClientArgs, state_dir: &Path) -> anyhow::Result<Self> {
         if args.api_key_on_command_line.is_some() {
             bail!(
                 "--api-key is not accepted: a command line is readable by every user of the \
@@ -125,7 +125,12 @@ impl Client {
     }
 
     /// A control-plane call; E2B error bodies become errors with their message.
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let request =
             ureq::request(method, &format!("{}{path}", self.url)).set("X-API-KEY", &self.api_key);
         let response = match body {

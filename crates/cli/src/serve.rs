@@ -47,6 +47,14 @@ pub(crate) struct ServeArgs {
     /// adds one, up to this; a minute without one shrinks it back to --warm-pool step by step.
     #[arg(long, env = "FIRKIN_WARM_POOL_MAX", default_value_t = firkin_linux::driver::DEFAULT_WARM_POOL_MAX)]
     warm_pool_max: usize,
+    /// Sandboxes each template other than base keeps started ahead, from its first create
+    /// on (its start command running, its ready command passed); 0: none.
+    #[arg(long, env = "FIRKIN_WARM_POOL_PER_TEMPLATE", default_value_t = 1)]
+    warm_pool_per_template: usize,
+    /// How many templates other than base keep warm sandboxes at once (the most recently
+    /// used ones).
+    #[arg(long, env = "FIRKIN_WARM_TEMPLATES", default_value_t = 4)]
+    warm_templates: usize,
     /// Private IPv4 range the sandboxes' network slots are cut from (a /30 each); two daemons
     /// on one host need ranges that do not overlap. Default: 10.200.0.0/16.
     #[arg(long, env = "FIRKIN_SLOT_RANGE")]
@@ -126,6 +134,22 @@ impl ServeArgs {
         }
         if let Some(warm_pool) = file.warm_pool.filter(|_| unset("warm_pool")) {
             self.warm_pool = warm_pool;
+        }
+        if let Some(per) = file
+            .warm_pool_per_template
+            .filter(|_| unset("warm_pool_per_template"))
+        {
+            self.warm_pool_per_template = per;
+        }
+        if let Some(count) = file.warm_templates.filter(|_| unset("warm_templates")) {
+            self.warm_templates = count;
+        }
+        if let Some(registries) = file
+            .insecure_registry
+            .clone()
+            .filter(|_| unset("insecure_registry"))
+        {
+            self.insecure_registry = registries;
         }
         if let Some(max) = file.warm_pool_max.filter(|_| unset("warm_pool_max")) {
             self.warm_pool_max = max;
@@ -218,6 +242,8 @@ async fn serve(
     let mut driver_config = NamespaceConfig::new(state_dir, envd, helper);
     driver_config.warm_pool = args.warm_pool;
     driver_config.warm_pool_max = args.warm_pool_max;
+    driver_config.warm_pool_per_template = args.warm_pool_per_template;
+    driver_config.warm_templates = args.warm_templates;
     let scheduler = args.capacity.scheduler();
     driver_config.warm_pool_min_available_memory = scheduler.min_available_memory_bytes;
     driver_config.disk_size_mb = args.disk_size_mb;

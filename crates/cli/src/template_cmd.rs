@@ -1,6 +1,7 @@
 //! `firkin template ...`: bring images in as templates, list, remove and prune them, in the
-//! state directory's image store (`<state>/images`). The daemon does not create sandboxes
-//! from these templates yet (the templates issue); `base` is built in and not listed here.
+//! state directory's image store (`<state>/images`), which the daemon creates sandboxes
+//! from; `build` has a running daemon build a Dockerfile. `base` is built in and not listed
+//! here.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,6 +46,25 @@ pub(crate) enum TemplateCommand {
         #[arg(long = "tag")]
         tags: Vec<String>,
     },
+    /// Build a Dockerfile (the subset the SDK's `from_dockerfile` reads) with a running
+    /// daemon, showing its log.
+    Build {
+        /// The Dockerfile.
+        #[arg(short = 'f', long = "file", default_value = "Dockerfile")]
+        dockerfile: PathBuf,
+        /// The build context (COPY sources are relative to it).
+        #[arg(default_value = ".")]
+        context: PathBuf,
+        /// The template's name[:tag].
+        #[arg(long)]
+        name: String,
+        /// More tags for it.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// How to reach the daemon.
+        #[command(flatten)]
+        client: crate::sandbox_cmd::ClientArgs,
+    },
     /// List the templates.
     Ls,
     /// Remove a template (its builds and tags; `prune` then frees its layers).
@@ -71,7 +91,7 @@ pub(crate) fn open_templates(state_dir: &Path, id_shift: u32) -> anyhow::Result<
 
 pub(crate) fn run(state_dir: &Path, command: TemplateCommand, json: bool) -> anyhow::Result<()> {
     // The Linux driver's default id range (the daemon has no setting for another yet).
-    let templates = open_templates(state_dir, 100_000)?;
+    let open = || open_templates(state_dir, 100_000);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -97,6 +117,7 @@ pub(crate) fn run(state_dir: &Path, command: TemplateCommand, json: bool) -> any
                 insecure_registries,
             };
             let spinner = spinner(json, format!("pulling {reference}"));
+            let templates = open()?;
             let made =
                 runtime.block_on(templates.pull(&reference, name.as_deref(), &tags, &options));
             spinner.finish_and_clear();
@@ -108,6 +129,7 @@ pub(crate) fn run(state_dir: &Path, command: TemplateCommand, json: bool) -> any
             image,
             tags,
         } => {
+            let templates = open()?;
             let spinner = spinner(json, format!("importing {}", path.display()));
             let made = runtime.block_on(templates.import(&path, image.as_deref(), &name, &tags));
             spinner.finish_and_clear();
@@ -116,9 +138,19 @@ pub(crate) fn run(state_dir: &Path, command: TemplateCommand, json: bool) -> any
                 json,
             )
         }
-        TemplateCommand::Ls => list(&templates, json),
+        TemplateCommand::Ls => list(&*open()?, json),
+        TemplateCommand::Build {
+            dockerfile,
+            context,
+            name,
+            tags,
+            client,
+        } => {
+            let client = crate::sandbox_cmd::Client::new(client, state_dir)?;
+            crate::template_build::build(&client, &dockerfile, &context, &name, &tags, json)
+        }
         TemplateCommand::Rm { name } => {
-            let id = templates.catalog.delete(&name)?;
+            let id = open()?.catalog.delete(&name)?;
             if json {
                 println!("{}", serde_json::json!({ "templateID": id }));
             } else {
@@ -129,7 +161,7 @@ pub(crate) fn run(state_dir: &Path, command: TemplateCommand, json: bool) -> any
             Ok(())
         }
         TemplateCommand::Prune => {
-            let removed = templates.prune()?;
+            let removed = open()?.prune()?;
             if json {
                 let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
                 println!("{}", serde_json::json!({ "removedLayers": removed }));

@@ -79,13 +79,23 @@ pub fn render(state: &AppState) -> String {
     let gauges = [
         (
             "firkin_warm_sandboxes_ready",
-            "Sandboxes started ahead, ready to be handed out by a create.",
+            "Sandboxes of base started ahead, ready to be handed out by a create.",
             pools.warm_ready,
         ),
         (
             "firkin_warm_sandboxes_target",
-            "How many sandboxes the driver keeps started ahead.",
+            "How many sandboxes of base the driver keeps started ahead.",
             pools.warm_target,
+        ),
+        (
+            "firkin_template_warm_sandboxes_ready",
+            "Sandboxes of templates other than base started ahead and ready, all together.",
+            pools.template_warm_ready,
+        ),
+        (
+            "firkin_template_warm_sandboxes_target",
+            "How many sandboxes of templates other than base the driver keeps started ahead.",
+            pools.template_warm_target,
         ),
         (
             "firkin_spare_network_slots",

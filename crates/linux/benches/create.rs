@@ -14,6 +14,10 @@
 //!   port: the cheapest set-up for runc), then `runc delete -f`; and `runc run` of `/bin/true`
 //!   to its exit (the bare engine cost). Skipped with a `SKIP` line when `runc` is missing
 //!   (Debian package `runc`; `scripts/bench-runc-setup` installs it);
+//! - **a template from an image**: the same create and delete of a sandbox whose root is a
+//!   small image's layers (Debian's static busybox with its applets, plus the system layer
+//!   every template from an image gets) instead of `base`, on both drivers (the warm one keeps
+//!   one such sandbox ahead, as `firkin serve`'s default `warm-pool-per-template`);
 //! - **idle memory**: `FIRKIN_BENCH_IDLE` (default 100) sandboxes created one after another
 //!   and left idle for 2 s: the increase of host memory in use (`MemTotal - MemAvailable`),
 //!   the sum of their cgroups' memory usage and of their processes' PSS, per sandbox; the
@@ -51,7 +55,9 @@ use std::time::{Duration, Instant};
 use firkin_linux::cgroup::{CgroupLayout, SandboxCgroup};
 use firkin_linux::driver::{NamespaceConfig, NamespaceDriver};
 use firkin_linux::envd_probe::{READY_POLL, wait_until_healthy};
-use firkin_single_node::{PortRegistry, RuntimeDriver, SandboxResources, SingleNodeCreateRequest};
+use firkin_single_node::{
+    PortRegistry, RuntimeDriver, SandboxResources, SingleNodeCreateRequest, TemplateImage,
+};
 use futures::FutureExt;
 
 type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -143,6 +149,7 @@ async fn run(settings: Settings) -> BenchResult {
     config.net.pool_size = 4;
     // Every create of this driver starts its sandbox (the path a burst falls back to).
     config.warm_pool = 0;
+    config.warm_pool_per_template = 0;
     let warm_state = tempfile::tempdir()?;
     let mut warm_config = NamespaceConfig::new(warm_state.path(), &settings.envd, &settings.helper);
     warm_config.net.range = WARM_RANGE.parse()?;
@@ -232,7 +239,11 @@ async fn measure(
         return Err("the warm pool did not fill within 30 s".into());
     }
 
+    let images = bench_image(driver.state_dir())?;
+    let warm_images = bench_image(drivers.warm.state_dir())?;
     let n = settings.samples;
+    let mut template_create = Vec::with_capacity(n);
+    let mut warm_template_create = Vec::with_capacity(n);
     let mut create = Vec::with_capacity(n);
     let mut delete = Vec::with_capacity(n);
     let mut warm_create = Vec::with_capacity(n);
@@ -245,9 +256,26 @@ async fn measure(
     // Interleaved, so the shared host's noise falls on every row alike.
     for i in 0..WARMUP + n {
         let timed = i >= WARMUP;
-        let (made, removed) = create_and_delete(driver, &ports, live, &mut cold_phases).await?;
-        let (warm_made, warm_removed) =
-            create_and_delete(drivers.warm, &ports, drivers.warm_live, &mut warm_phases).await?;
+        let (made, removed) =
+            create_and_delete(driver, &ports, live, &mut cold_phases, None).await?;
+        let (warm_made, warm_removed) = create_and_delete(
+            drivers.warm,
+            &ports,
+            drivers.warm_live,
+            &mut warm_phases,
+            None,
+        )
+        .await?;
+        let (template_made, _) =
+            create_and_delete(driver, &ports, live, &mut Phases::new(), Some(&images)).await?;
+        let (warm_template_made, _) = create_and_delete(
+            drivers.warm,
+            &ports,
+            drivers.warm_live,
+            &mut Phases::new(),
+            Some(&warm_images),
+        )
+        .await?;
         if let (Some(runc), Some(bundles)) = (runc, &bundles) {
             let (up, down) = runc.envd_round(bundles, i, live)?;
             let bare = runc.true_round(bundles, i)?;
@@ -258,6 +286,8 @@ async fn measure(
             }
         }
         if timed {
+            template_create.push(template_made);
+            warm_template_create.push(warm_template_made);
             create.push(made);
             delete.push(removed);
             warm_create.push(warm_made);
@@ -280,6 +310,14 @@ async fn measure(
             warm_rows.push(Row::new(format!("  {which} create, phase {name}"), samples));
         }
     }
+    warm_rows.push(Row::new(
+        "firkin: create from a template (busybox image) -> 204",
+        template_create,
+    ));
+    warm_rows.push(Row::new(
+        "firkin warm pool: create from a template -> 204",
+        warm_template_create,
+    ));
     let burst = burst_creates(drivers.warm, &ports, drivers.warm_live, n).await?;
     warm_rows.push(Row::new(
         format!("firkin warm pool {WARM_POOL}: bursts of {BURST}"),
@@ -397,6 +435,65 @@ async fn create_timed(
     Ok((id, started.elapsed()))
 }
 
+/// A template from a small image in the driver's image store under `state_dir`: one layer of
+/// Debian's static busybox and its applets, and the system layer.
+fn bench_image(state_dir: &Path) -> BenchResult<TemplateImage> {
+    let ids = firkin_image::IdShift {
+        host_start: 100_000,
+        count: 65_536,
+    };
+    let templates = firkin_image::Templates::open(
+        &state_dir.join("images"),
+        firkin_image::UnpackOptions::new(ids),
+    )?;
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(0o755);
+        header.set_size(data.len() as u64);
+        match link {
+            Some(target) => tar.append_link(&mut header, path, target),
+            None => tar.append_data(&mut header, path, data),
+        }
+    };
+    for dir in ["bin", "etc"] {
+        add(dir, tar::EntryType::Directory, &[], None)?;
+    }
+    add(
+        "bin/busybox",
+        tar::EntryType::Regular,
+        &std::fs::read("/bin/busybox")?,
+        None,
+    )?;
+    add("bin/sh", tar::EntryType::Symlink, &[], Some("busybox"))?;
+    add(
+        "etc/passwd",
+        tar::EntryType::Regular,
+        b"root:x:0:0:root:/root:/bin/sh\n",
+        None,
+    )?;
+    let image = templates
+        .layers
+        .unpack(std::io::Cursor::new(tar.into_inner()?), Default::default())?;
+    let system = firkin_image::provision::system_layer(std::slice::from_ref(&image.path), ids);
+    let system = templates
+        .layers
+        .unpack(std::io::Cursor::new(system), Default::default())?;
+    Ok(TemplateImage {
+        template_id: "bench-busybox".into(),
+        name: "bench-busybox".into(),
+        build_id: "bench".into(),
+        layers: vec![image.path, system.path],
+        env: vec![],
+        user: Some("user".into()),
+        workdir: None,
+        start_cmd: None,
+        ready_cmd: None,
+        keep_warm: true,
+    })
+}
+
 fn request() -> SingleNodeCreateRequest {
     SingleNodeCreateRequest::new("base", SandboxResources::from_mib(1, 256))
 }
@@ -411,8 +508,12 @@ async fn create_and_delete(
     ports: &PortRegistry,
     live: &Live,
     phases: &mut Phases,
+    image: Option<&TemplateImage>,
 ) -> BenchResult<(Duration, Duration)> {
-    let request = request();
+    let request = match image {
+        Some(image) => request().with_image(image.clone()),
+        None => request(),
+    };
     let id = request.sandbox_id().as_str().to_owned();
     live.add_sandbox(&id);
     let started = Instant::now();

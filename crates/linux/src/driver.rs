@@ -47,6 +47,7 @@ use crate::prepared::PreparedDirs;
 use crate::rootfs::{BaseTemplate, HostFacts, MountSpec, mounts_for};
 use crate::sandbox::spawn::{IdMap, launch};
 use crate::sandbox::{InitSpec, LayerMount};
+use crate::template_pools::TemplatePools;
 use crate::warm::WarmPool;
 
 /// envd's port inside every sandbox.
@@ -80,6 +81,11 @@ pub struct NamespaceConfig {
     /// How long the pool stays above `warm_pool` with no create finding it empty before it
     /// shrinks back, one sandbox per such period (at most every 5 s).
     pub warm_pool_idle: Duration,
+    /// How many sandboxes each template from an image keeps started ahead (its pool's
+    /// floor; it grows with demand up to `warm_pool_max`, as `base`'s); 0: none.
+    pub warm_pool_per_template: usize,
+    /// How many templates from images keep a warm pool at once (the most recently used).
+    pub warm_templates: usize,
     /// Sandbox directories, disks mounted, made ahead for creates that find the warm pool
     /// empty (see [`crate::prepared`]); only with per-sandbox disks.
     pub prepared_dirs: usize,
@@ -132,6 +138,8 @@ impl NamespaceConfig {
             warm_pool: 2,
             warm_pool_max: DEFAULT_WARM_POOL_MAX,
             warm_pool_idle: Duration::from_secs(60),
+            warm_pool_per_template: 1,
+            warm_templates: 4,
             prepared_dirs: 2,
             warm_pool_min_available_memory: 0,
             disk_size_mb: DEFAULT_DISK_SIZE_MB,
@@ -162,6 +170,7 @@ pub(crate) struct Started {
 pub struct NamespaceDriver {
     core: Arc<Core>,
     warm: WarmPool,
+    template_pools: TemplatePools,
     prepared: PreparedDirs,
     live: Mutex<HashMap<String, Handle>>,
 }
@@ -220,6 +229,8 @@ impl NamespaceDriver {
             .await
             .map_err(launch_failed)?;
         let (warm_floor, warm_ceiling) = (config.warm_pool, config.warm_pool_max);
+        let (template_floor, warm_templates) =
+            (config.warm_pool_per_template, config.warm_templates);
         // Without disks a directory is made in well under a millisecond: nothing to gain.
         let prepared_dirs = if disks.size_bytes().is_some() {
             config.prepared_dirs
@@ -237,7 +248,13 @@ impl NamespaceDriver {
             resolv_conf: crate::rootfs::resolv_conf(&host),
         });
         Ok(Self {
-            warm: WarmPool::start(Arc::clone(&core), warm_floor, warm_ceiling),
+            warm: WarmPool::start(Arc::clone(&core), None, warm_floor, warm_ceiling),
+            template_pools: TemplatePools::new(
+                Arc::clone(&core),
+                template_floor,
+                warm_ceiling.max(template_floor),
+                warm_templates,
+            ),
             prepared: PreparedDirs::start(Arc::clone(&core), prepared_dirs),
             core,
             live: Mutex::new(HashMap::new()),
@@ -842,8 +859,14 @@ impl RuntimeDriver for NamespaceDriver {
             pids_max: Some(self.core.config.pids_max),
         };
         let internet = request.allow_internet_access();
-        // The warm pool holds `base` sandboxes only.
-        let warm = match image.is_none().then(|| self.warm.take()).flatten() {
+        // `base`'s pool, or the template's own.
+        let template_pool = image.and_then(|image| self.template_pools.pool(image));
+        let pool = match (&template_pool, image) {
+            (Some(pool), _) => Some(pool.as_ref()),
+            (None, None) => Some(&self.warm),
+            (None, Some(_)) => None,
+        };
+        let warm = match pool.and_then(WarmPool::take) {
             Some(warm) => self
                 .core
                 .claim(warm, &id, &limits, internet)
@@ -863,8 +886,8 @@ impl RuntimeDriver for NamespaceDriver {
                     .await
             }
         };
-        if image.is_none() {
-            self.warm.refill();
+        if let Some(pool) = pool {
+            pool.refill();
         }
         let mut started = started?;
         if !request.env().is_empty() {
@@ -941,7 +964,11 @@ impl RuntimeDriver for NamespaceDriver {
 
     async fn shutdown(&self) -> Result<()> {
         // The warm sandboxes first: their slots go back before the slot pool closes.
-        let warm = self.warm.shutdown().await;
+        let warm = self
+            .warm
+            .shutdown()
+            .await
+            .and(self.template_pools.shutdown().await);
         self.prepared.shutdown().await;
         let slots = self.core.slots.shutdown().await.map_err(launch_failed);
         self.core.settle_removals().await;
@@ -954,9 +981,12 @@ impl RuntimeDriver for NamespaceDriver {
     }
 
     fn pools(&self) -> RuntimePools {
+        let (template_warm_ready, template_warm_target) = self.template_pools.sizes();
         RuntimePools {
             warm_ready: self.warm.ready(),
             warm_target: self.warm.target(),
+            template_warm_ready,
+            template_warm_target,
             spare_slots: self.core.slots.ready(),
         }
     }

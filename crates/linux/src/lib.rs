@@ -19,4 +19,5 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod state_dir;
 pub mod sys;
+mod template_pools;
 pub mod warm;

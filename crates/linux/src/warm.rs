@@ -1,6 +1,8 @@
 //! Sandboxes started ahead of their create, so that a create only hands one out.
 //!
-//! A warm sandbox is a whole sandbox of the `base` template: directories, a cgroup holding
+//! A warm sandbox is a whole sandbox of its pool's template (`base`, or a template from an
+//! image, whose start command then already runs and whose ready command has succeeded, as in
+//! E2B's snapshots): directories, a cgroup holding
 //! only the PID limit, a network slot with the default egress, and envd running as PID 1
 //! and answering, under a pool name (`warm-<random>`) instead of a sandbox id. Handing one
 //! out ([`crate::driver`]'s create) writes the request's limits into its cgroup, sets its
@@ -22,7 +24,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use firkin_single_node::Result;
+use firkin_single_node::{Result, TemplateImage};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -46,6 +48,8 @@ pub(crate) struct WarmPool {
 #[derive(Debug)]
 struct Inner {
     core: Arc<Core>,
+    /// The template of its sandboxes (`None`: `base`).
+    image: Option<TemplateImage>,
     floor: usize,
     ceiling: usize,
     /// Starts at once while no create is in flight: one per CPU (a start is mostly CPU work
@@ -85,14 +89,21 @@ fn warm_name() -> String {
 }
 
 impl WarmPool {
-    /// Starts filling a pool of `floor` to `ceiling` sandboxes in the background (a ceiling
-    /// below the floor is the floor). A floor of 0 is no pool at all, whatever the ceiling:
-    /// every create starts its own sandbox. Needs a tokio runtime.
-    pub(crate) fn start(core: Arc<Core>, floor: usize, ceiling: usize) -> Self {
+    /// Starts filling a pool of `floor` to `ceiling` sandboxes of `image` (`None`: `base`)
+    /// in the background (a ceiling below the floor is the floor). A floor of 0 is no pool
+    /// at all, whatever the ceiling: every create starts its own sandbox. Needs a tokio
+    /// runtime.
+    pub(crate) fn start(
+        core: Arc<Core>,
+        image: Option<TemplateImage>,
+        floor: usize,
+        ceiling: usize,
+    ) -> Self {
         let parallel = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let ceiling = if floor == 0 { 0 } else { ceiling.max(floor) };
         let inner = Arc::new(Inner {
             core,
+            image,
             floor,
             ceiling,
             parallel,
@@ -253,9 +264,9 @@ async fn fill(inner: Arc<Inner>) {
         let backing_off = backing_off || matches!(next, Next::Short);
         match next {
             Next::Start => {
-                let core = Arc::clone(&inner.core);
+                let (core, image) = (Arc::clone(&inner.core), inner.image.clone());
                 starting.spawn(async move {
-                    core.start(&warm_name(), None, &limits, internet, None)
+                    core.start(&warm_name(), None, &limits, internet, image.as_ref())
                         .await
                 });
                 continue;

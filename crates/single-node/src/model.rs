@@ -470,10 +470,14 @@ pub struct RuntimeMetrics {
 /// What a driver keeps ready for sandboxes to come, as it reports it for monitoring.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuntimePools {
-    /// Sandboxes started ahead and ready to be handed out by a create.
+    /// Sandboxes of `base` started ahead and ready to be handed out by a create.
     pub warm_ready: usize,
-    /// How many the driver keeps started ahead when it can.
+    /// How many of `base` the driver keeps started ahead when it can.
     pub warm_target: usize,
+    /// Sandboxes of other templates started ahead and ready, all templates together.
+    pub template_warm_ready: usize,
+    /// How many of other templates the driver keeps started ahead, all together.
+    pub template_warm_target: usize,
     /// Network slots prepared ahead and not in use.
     pub spare_slots: usize,
 }

@@ -35,6 +35,10 @@ pub struct TemplateImage {
     pub start_cmd: Option<String>,
     /// Run until it succeeds before a create answers (with a start command).
     pub ready_cmd: Option<String>,
+    /// Whether the driver may keep sandboxes of it started ahead: yes for a catalog's
+    /// template, whose build never changes; no for a build's own sandboxes, whose layers
+    /// change from step to step.
+    pub keep_warm: bool,
 }
 
 /// Where template names are resolved (the daemon's template catalog).

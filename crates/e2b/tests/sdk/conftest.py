@@ -38,6 +38,7 @@ import time
 import uuid
 
 import pytest
+from registry import Registry, start_registry
 
 REPO = pathlib.Path(__file__).resolve().parents[4]
 # Each sandbox's disk (test_disk.py fills one): sparse, so it costs only what is written.
@@ -189,9 +190,29 @@ class Daemon:
 
 
 _daemon: Daemon | None = None
+_registry: Registry | None = None
 
 
-def start_daemon(run_id: str) -> Daemon:
+def private_nameservers() -> list[str]:
+    """`--egress-allow-private` for the host's nameservers that are private addresses: the
+    sandboxes' resolv.conf names the host's nameservers, and a build that installs from PyPI
+    needs them (sandboxes reach no private address unless allowed)."""
+    import ipaddress
+
+    ranges = []
+    for line in pathlib.Path("/etc/resolv.conf").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            try:
+                address = ipaddress.IPv4Address(parts[1])
+            except ValueError:
+                continue
+            if address.is_private and not address.is_loopback:
+                ranges.append(f"{address}/32")
+    return ["--egress-allow-private", ",".join(ranges)] if ranges else []
+
+
+def start_daemon(run_id: str, registry: str) -> Daemon:
     firkin, envd = firkin_binary(), envd_binary()
     port = free_port()
     tls_port = free_port()
@@ -214,6 +235,10 @@ def start_daemon(run_id: str) -> Daemon:
             f"127.0.0.1:{tls_port}",
             "--disk-size-mb",
             str(DISK_SIZE_MB),
+            # Template builds pull from the session's registry on loopback (registry.py).
+            "--insecure-registry",
+            registry,
+            *private_nameservers(),
         ],
         stdout=subprocess.PIPE,
         stderr=log,
@@ -322,7 +347,9 @@ def firkin():
 
     run_id = uuid.uuid4().hex[:12]
     slots_before = network_slots()
-    daemon = start_daemon(run_id)
+    global _registry
+    _registry = start_registry()
+    daemon = start_daemon(run_id, _registry.address)
     _daemon = daemon
     # Recipe A for the tests; recipe B's variables (TLS and host names) only for the tests
     # that ask for them (daemon.env keeps them).
@@ -379,12 +406,19 @@ def firkin():
             else:
                 os.environ[key] = value
         _daemon = None
+        _registry.stop()
         if problems:
             pytest.fail(
                 "\n".join(problems) + f"\nfirkin serve log ({daemon.log_path}), last lines:\n"
                 + daemon.log_since(0, max_lines=40),
                 pytrace=False,
             )
+
+
+@pytest.fixture(scope="session")
+def registry(firkin) -> Registry:
+    """The session's registry on loopback, which the daemon pulls from over plain HTTP."""
+    return _registry
 
 
 @pytest.fixture

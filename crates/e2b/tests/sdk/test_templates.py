@@ -245,3 +245,119 @@ def test_a_failing_step_fails_the_build_with_its_command_and_status(busybox_temp
     with pytest.raises(SandboxException) as missing:
         Sandbox.create(template=f"failing-{run_id}")
     assert "does not exist" in str(missing.value), "a failed build takes no tag"
+
+
+def test_a_build_from_an_image_in_a_registry_gets_the_system_layer(
+    registry, make_sandbox, run_id, tmp_path
+):
+    from e2b import Template
+
+    layout = tmp_path / "layout"
+    write_layout(layout)
+    reference = registry.push_layout(layout, "firkin-test/busybox", "1")
+    template = Template().from_image(reference).run_cmd("echo from-image > mark")
+    Template.build(template, f"from-image-{run_id}")
+    sbx = make_sandbox(template=f"from-image-{run_id}")
+    assert sbx.files.read("/home/user/mark") == "from-image\n"
+    assert sbx.commands.run("whoami").stdout.strip() == "user"
+    assert sbx.commands.run("echo $GREETING").stdout.strip() == IMAGE_ENV
+
+
+@pytest.fixture(scope="module")
+def debian(registry) -> str:
+    """The Debian image (python3, pip, node) in the session's registry."""
+    from debian_image import debian_layout
+
+    return registry.push_layout(debian_layout(), "firkin-test/debian", "bookworm")
+
+
+def test_a_debian_template_built_with_pip_and_a_server_runs_its_packages(
+    debian, make_sandbox, run_id, tmp_path
+):
+    from e2b import Template
+
+    (tmp_path / "app.py").write_text("import six\nprint('app', six.PY3)\n")
+    template = (
+        Template(file_context_path=str(tmp_path))
+        .from_image(debian)
+        .pip_install("six")
+        .copy("app.py", "/app/")
+        .set_workdir("/app")
+        .set_start_cmd(
+            "python3 -m http.server 8000",
+            "python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000')\"",
+        )
+    )
+    lines = []
+    Template.build(template, f"debian-py-{run_id}", on_build_logs=lines.append)
+    sbx = make_sandbox(template=f"debian-py-{run_id}")
+    assert sbx.commands.run("python3 /app/app.py").stdout == "app True\n"
+    assert sbx.commands.run("node -e 'console.log(6 * 7)'").stdout == "42\n"
+    assert sbx.commands.run("whoami").stdout.strip() == "user"
+    listing = sbx.commands.run("python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000').status)\"")
+    assert listing.stdout.strip() == "200"
+
+
+def test_a_template_is_handed_out_warm_after_its_first_create(busybox_template, make_sandbox):
+    import time
+
+    from test_daemon_metrics import scrape
+
+    claims = 'firkin_sandbox_create_phase_seconds_count{phase="claim"}'
+    make_sandbox(template=busybox_template)
+    deadline = time.monotonic() + 20
+    while scrape()["firkin_template_warm_sandboxes_ready"] < 1:
+        assert time.monotonic() < deadline, "the template's warm pool did not fill"
+        time.sleep(0.05)
+    claimed_before = scrape().get(claims, 0)
+    sbx = make_sandbox(template=busybox_template, envs={"FROM_CREATE": "warm"})
+    assert scrape()[claims] == claimed_before + 1, "the create handed out a warm sandbox"
+    # Made ahead under a pool name, it now answers to its own id, with its own environment.
+    assert sbx.commands.run("hostname").stdout.strip() == sbx.sandbox_id
+    assert sbx.sandbox_id in sbx.files.read("/etc/hosts")
+    assert sbx.commands.run("echo $FROM_CREATE $GREETING").stdout.strip() == f"warm {IMAGE_ENV}"
+    assert sbx.commands.run("whoami").stdout.strip() == "user"
+
+
+def test_firkin_template_build_builds_a_dockerfile(registry, firkin, make_sandbox, run_id, tmp_path):
+    import os
+
+    layout = tmp_path / "layout"
+    write_layout(layout)
+    reference = registry.push_layout(layout, "firkin-test/busybox", "1")
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "hello.txt").write_text("hello from the context\n")
+    (context / "Dockerfile").write_text(
+        f"FROM {reference}\n"
+        "WORKDIR /app\n"
+        "ENV X=1\n"
+        "COPY hello.txt ./\n"
+        "RUN echo \"built with X=$X\" > /app/built\n"
+        "EXPOSE 8080\n"
+        'CMD ["httpd", "-f", "-p", "8080", "-h", "/app"]\n'
+    )
+    built = subprocess.run(
+        [
+            str(firkin_binary()), "--json", "template", "build", "-f", str(context / "Dockerfile"),
+            str(context), "--name", f"dockerfile-{run_id}", "--url", os.environ["E2B_API_URL"],
+        ],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "FIRKIN_API_KEY": firkin.env["E2B_API_KEY"]},
+    )
+    assert built.returncode == 0, built.stderr
+    assert "EXPOSE has no meaning here" in built.stderr
+    assert json.loads(built.stdout.splitlines()[-1])["name"] == f"dockerfile-{run_id}"
+    sbx = make_sandbox(template=f"dockerfile-{run_id}")
+    # COPY as root (the Dockerfile's steps start as root), a RUN that saw its ENV, the user
+    # `user` at the end (the Dockerfile set none), in its WORKDIR, and its CMD serving.
+    assert sbx.files.read("/app/hello.txt") == "hello from the context\n"
+    assert sbx.files.read("/app/built") == "built with X=1\n"
+    assert sbx.commands.run("whoami").stdout.strip() == "user"
+    assert sbx.commands.run("pwd").stdout.strip() == "/app"
+    # (A Dockerfile's CMD has no ready command: the server may still be starting.)
+    served = sbx.commands.run(
+        "i=0; while [ $i -lt 100 ]; do wget -q -O - http://127.0.0.1:8080/hello.txt && exit 0;"
+        " i=$((i+1)); sleep 0.05; done; exit 1"
+    )
+    assert served.stdout == "hello from the context\n"

@@ -860,6 +860,7 @@ impl crate::TemplateSource for OneTemplate {
             workdir: None,
             start_cmd: None,
             ready_cmd: None,
+            keep_warm: true,
         })
     }
 }
