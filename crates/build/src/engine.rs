@@ -31,6 +31,16 @@ pub struct Builder {
     pull: PullOptions,
 }
 
+/// Where a step runs: its build and the image so far.
+#[derive(Debug)]
+struct StepAt<'a> {
+    template_id: &'a str,
+    build_id: &'a str,
+    /// The step's number (1-based), as the log and `reason.step` name it.
+    label: &'a str,
+    record: &'a ImageRecord,
+}
+
 /// The build's state between steps.
 #[derive(Debug, Clone)]
 struct Context {
@@ -61,6 +71,14 @@ impl Builder {
     #[must_use]
     pub fn templates(&self) -> &Arc<Templates> {
         &self.templates
+    }
+
+    /// [`BuildError::DiskFull`] when the state's disk is below the daemon's floor.
+    fn disk_check(&self, operation: &str) -> Result<(), BuildError> {
+        self.backend
+            .disk_guard()
+            .check(operation)
+            .map_err(|error| BuildError::DiskFull(error.to_string()))
     }
 
     /// Where the upload `hash` of `template_id` is kept.
@@ -119,6 +137,7 @@ impl Builder {
         use http_body_util::BodyExt as _;
         use tokio::io::AsyncWriteExt as _;
         self.check_upload(template_id, hash)?;
+        self.disk_check("template file upload")?;
         let dest = self.upload_path(template_id, hash);
         let dir = dest.parent().unwrap_or(&self.uploads).to_owned();
         let internal = |what: &str, e: &dyn std::fmt::Display| {
@@ -173,6 +192,7 @@ impl Builder {
         build_id: &str,
         start: BuildStart,
     ) -> Result<(), BuildError> {
+        self.disk_check("template build")?;
         let steps = start
             .steps
             .iter()
@@ -287,7 +307,16 @@ impl Builder {
                 continue;
             }
             let made = self
-                .run_step(template_id, build_id, &label, step, &record, &context)
+                .run_step(
+                    &StepAt {
+                        template_id,
+                        build_id,
+                        label: &label,
+                        record: &record,
+                    },
+                    step,
+                    &context,
+                )
                 .await
                 .map_err(fail)?;
             if let Some(layer) = made {
@@ -358,21 +387,18 @@ impl Builder {
     /// One step that makes a layer (`ENV` makes none); the layer's digest.
     async fn run_step(
         &self,
-        template_id: &str,
-        build_id: &str,
-        label: &str,
+        at: &StepAt<'_>,
         step: &Step,
-        record: &ImageRecord,
         context: &Context,
     ) -> Result<Option<Digest>, BuildError> {
-        let layers = self.layer_paths(record);
+        let layers = self.layer_paths(at.record);
         let store = Arc::clone(&self.templates.layers);
         let tar = match step {
             Step::Env(_) => return Ok(None),
             Step::Run { command, user } => {
                 let user = user.as_deref().unwrap_or(&context.user);
                 return self
-                    .run_in_sandbox(template_id, build_id, label, record, context, command, user)
+                    .run_in_sandbox(at, context, command, user)
                     .await
                     .map(Some);
             }
@@ -383,24 +409,7 @@ impl Builder {
                 let command = format!(
                     "useradd --create-home --shell /bin/bash {user} 2>/dev/null || adduser -D -s /bin/sh {user}"
                 );
-                // The user does not exist yet: the build sandbox's default user is root.
-                let as_root = Context {
-                    user: "root".to_owned(),
-                    workdir: Some("/".to_owned()),
-                    ..context.clone()
-                };
-                return self
-                    .run_in_sandbox(
-                        template_id,
-                        build_id,
-                        label,
-                        record,
-                        &as_root,
-                        &command,
-                        "root",
-                    )
-                    .await
-                    .map(Some);
+                return self.run_as_root(at, context, &command).await;
             }
             Step::Workdir(_) => {
                 let dir = context.workdir.clone().unwrap_or_default();
@@ -415,23 +424,7 @@ impl Builder {
                 }
                 let dir = quote(&dir);
                 let command = format!("mkdir -p {dir} && chown {} {dir}", quote(&context.user));
-                // Run from `/`: the directory does not exist yet.
-                let from_root = Context {
-                    workdir: Some("/".to_owned()),
-                    ..context.clone()
-                };
-                return self
-                    .run_in_sandbox(
-                        template_id,
-                        build_id,
-                        label,
-                        record,
-                        &from_root,
-                        &command,
-                        "root",
-                    )
-                    .await
-                    .map(Some);
+                return self.run_as_root(at, context, &command).await;
             }
             Step::Copy {
                 source,
@@ -440,7 +433,7 @@ impl Builder {
                 mode,
                 files_hash,
             } => {
-                let archive = self.upload_path(template_id, files_hash);
+                let archive = self.upload_path(at.template_id, files_hash);
                 let into = CopyInto {
                     layers: &layers,
                     ids: store.ids(),
@@ -510,19 +503,34 @@ impl Builder {
         )]))
     }
 
-    /// `command` as `user` in a build sandbox of `record`; what it wrote, as a layer.
-    #[allow(clippy::too_many_arguments)]
+    /// `command` as root from `/`, for a step that makes what the image lacks (a user, a
+    /// directory), which may be the very user or directory the context names.
+    async fn run_as_root(
+        &self,
+        at: &StepAt<'_>,
+        context: &Context,
+        command: &str,
+    ) -> Result<Option<Digest>, BuildError> {
+        let root = Context {
+            user: "root".to_owned(),
+            workdir: Some("/".to_owned()),
+            ..context.clone()
+        };
+        self.run_in_sandbox(at, &root, command, "root")
+            .await
+            .map(Some)
+    }
+
+    /// `command` as `user` in a build sandbox of the image so far; what it wrote, as a layer.
     async fn run_in_sandbox(
         &self,
-        template_id: &str,
-        build_id: &str,
-        label: &str,
-        record: &ImageRecord,
+        at: &StepAt<'_>,
         context: &Context,
         command: &str,
         user: &str,
     ) -> Result<Digest, BuildError> {
-        let image = self.image(template_id, build_id, record, context);
+        let (build_id, label) = (at.build_id, at.label);
+        let image = self.image(at.template_id, build_id, at.record, context);
         let sandbox = self
             .backend
             .create(self.request(image, build_id))

@@ -43,6 +43,9 @@ pub enum BuildError {
     /// The build is not waiting (400 "build is not in waiting state").
     #[error("{0}")]
     NotWaiting(String),
+    /// The disk is below the daemon's floor: nothing was written (507).
+    #[error("{0}")]
+    DiskFull(String),
     /// A step failed; the message is the build's `reason`.
     #[error("{0}")]
     Step(String),

@@ -65,12 +65,29 @@ pub(crate) enum TemplateCommand {
         #[command(flatten)]
         client: crate::sandbox_cmd::ClientArgs,
     },
+    /// Point tags at the build `target` (`name:tag` or `name:<build id>`) names, or with
+    /// `--remove` take them off the template `target`.
+    Tag {
+        /// The build (`name[:tag]`), or with `--remove` the template.
+        target: String,
+        /// The tags.
+        #[arg(required = true)]
+        tags: Vec<String>,
+        /// Remove the tags instead.
+        #[arg(long)]
+        remove: bool,
+    },
     /// List the templates.
     Ls,
     /// Remove a template (its builds and tags; `prune` then frees its layers).
+    /// While a daemon runs on the state directory, the daemon removes it (refusing while a
+    /// sandbox uses it).
     Rm {
         /// Its name or id.
         name: String,
+        /// How to reach the daemon, when one runs.
+        #[command(flatten)]
+        client: crate::sandbox_cmd::ClientArgs,
     },
     /// Remove the layers no template uses.
     Prune,
@@ -139,6 +156,29 @@ pub(crate) fn run(state_dir: &Path, command: TemplateCommand, json: bool) -> any
             )
         }
         TemplateCommand::Ls => list(&*open()?, json),
+        TemplateCommand::Tag {
+            target,
+            tags,
+            remove,
+        } => {
+            let templates = open()?;
+            if remove {
+                templates.catalog.remove_tags(&target, &tags)?;
+                if json {
+                    println!("{}", serde_json::json!({ "removed": tags }));
+                } else {
+                    println!("removed from {target}: {}", tags.join(", "));
+                }
+            } else {
+                let (tags, build) = templates.catalog.assign_tags(&target, &tags)?;
+                if json {
+                    println!("{}", serde_json::json!({ "tags": tags, "buildID": build }));
+                } else {
+                    println!("{} now name build {build}", tags.join(", "));
+                }
+            }
+            Ok(())
+        }
         TemplateCommand::Build {
             dockerfile,
             context,
@@ -149,8 +189,21 @@ pub(crate) fn run(state_dir: &Path, command: TemplateCommand, json: bool) -> any
             let client = crate::sandbox_cmd::Client::new(client, state_dir)?;
             crate::template_build::build(&client, &dockerfile, &context, &name, &tags, json)
         }
-        TemplateCommand::Rm { name } => {
-            let id = open()?.catalog.delete(&name)?;
+        TemplateCommand::Rm { name, client } => {
+            let templates = open()?;
+            // A running daemon holds the sandboxes' state: it checks and removes.
+            let Ok(active) = firkin_single_node::DurableStateStore::read_active(state_dir) else {
+                let client = crate::sandbox_cmd::Client::new(client, state_dir)?;
+                client.call("DELETE", &format!("/templates/{name}"), None)?;
+                if json {
+                    println!("{}", serde_json::json!({ "name": name }));
+                } else {
+                    println!("removed template {name}; `firkin template prune` frees its layers");
+                }
+                return Ok(());
+            };
+            refuse_if_in_use(&active, &templates, &name)?;
+            let id = templates.catalog.delete(&name)?;
             if json {
                 println!("{}", serde_json::json!({ "templateID": id }));
             } else {
@@ -171,6 +224,36 @@ pub(crate) fn run(state_dir: &Path, command: TemplateCommand, json: bool) -> any
             Ok(())
         }
     }
+}
+
+/// Refuses to remove a template that a sandbox of the state directory's daemon (its
+/// `active` records) still runs from, running or paused: a prune would then take its layers
+/// from under it.
+fn refuse_if_in_use(
+    active: &[firkin_single_node::ActiveSessionRecord],
+    templates: &Templates,
+    name: &str,
+) -> anyhow::Result<()> {
+    let identifier = name.split(':').next().unwrap_or(name).trim().to_lowercase();
+    let Some(template) = templates
+        .catalog
+        .list()?
+        .into_iter()
+        .find(|t| t.name == identifier || t.template_id == identifier)
+    else {
+        return Ok(());
+    };
+    if let Some(user) = active
+        .iter()
+        .find(|record| record.template_id == template.template_id)
+    {
+        anyhow::bail!(
+            "template {name} is in use by sandbox {} ({}); kill its sandboxes first",
+            user.sandbox_id,
+            user.state
+        );
+    }
+    Ok(())
 }
 
 /// A spinner on stderr while a pull or an import runs (none with `--json`, or off a terminal:

@@ -114,6 +114,23 @@ mod tests {
         assert_eq!(listed[0]["buildStatus"], "ready");
         assert_eq!(listed[0]["tags"], serde_json::json!(["stable", "v1"]));
 
+        let tagged = json(&firkin(
+            &state,
+            &["--json", "template", "tag", "demo:v1", "prod"],
+        ));
+        assert_eq!(tagged["tags"], serde_json::json!(["prod"]));
+        let listed = json(&firkin(&state, &["--json", "template", "ls"]));
+        assert_eq!(
+            listed[0]["tags"],
+            serde_json::json!(["prod", "stable", "v1"])
+        );
+        json(&firkin(
+            &state,
+            &["--json", "template", "tag", "demo", "prod", "--remove"],
+        ));
+        let bad = firkin(&state, &["template", "tag", "demo:v1", "Not Valid!"]);
+        assert!(!bad.status.success(), "a malformed tag is refused");
+
         let failed = firkin(
             &state,
             &[

@@ -38,6 +38,7 @@ fn build_error(error: BuildError) -> ApiError {
     match error {
         BuildError::BadRequest(m) | BuildError::NotWaiting(m) => ApiError::bad_request(m),
         BuildError::NotFound(m) => ApiError::not_found(m),
+        BuildError::DiskFull(m) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, m),
         other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     }
 }

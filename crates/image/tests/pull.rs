@@ -196,6 +196,103 @@ mod tests {
         assert!(matches!(error, PullError::BadReference { .. }), "{error}");
     }
 
+    /// Pushes a one-layer image for `architecture` as `<repository>:<architecture>`; its
+    /// manifest's (digest, size).
+    async fn push_for(
+        client: &oci_client::Client,
+        registry: &Registry,
+        architecture: &str,
+        layer_tar: &[u8],
+    ) -> (String, usize) {
+        let config = json!({
+            "architecture": architecture, "os": "linux",
+            "config": {},
+            "rootfs": { "type": "layers", "diff_ids": [Digest::of(layer_tar).to_string()] },
+        });
+        let reference: oci_client::Reference =
+            format!("{}/test/multi:{architecture}", registry.address)
+                .parse()
+                .unwrap();
+        client
+            .push(
+                &reference,
+                &[ImageLayer::new(
+                    gzip(layer_tar),
+                    "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                    None,
+                )],
+                Config::new(
+                    config.to_string().into_bytes(),
+                    "application/vnd.oci.image.config.v1+json".into(),
+                    None,
+                ),
+                &RegistryAuth::Anonymous,
+                None,
+            )
+            .await
+            .unwrap();
+        let (bytes, digest) = client
+            .pull_manifest_raw(
+                &reference,
+                &RegistryAuth::Anonymous,
+                &["application/vnd.oci.image.manifest.v1+json"],
+            )
+            .await
+            .unwrap();
+        (digest, bytes.len())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_multi_platform_index_pulls_this_hosts_image() {
+        let Some(registry) = Registry::start("pull test") else {
+            return;
+        };
+        let client = oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(vec![registry.address.clone()]),
+            ..ClientConfig::default()
+        });
+        let host = firkin_image::layout::host_architecture();
+        let other = if host == "arm64" { "amd64" } else { "arm64" };
+        let ours_tar = tar_of(&[("etc/arch", host.as_bytes())]);
+        let theirs_tar = tar_of(&[("etc/arch", other.as_bytes())]);
+        // The other platform's image first in the index: the pull must choose, not take the
+        // first.
+        let theirs = push_for(&client, &registry, other, &theirs_tar).await;
+        let ours = push_for(&client, &registry, host, &ours_tar).await;
+        let entry = |(digest, size): &(String, usize), architecture: &str| {
+            json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest, "size": size,
+                "platform": { "architecture": architecture, "os": "linux" },
+            })
+        };
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [entry(&theirs, other), entry(&ours, host)],
+        });
+        let reference = format!("{}/test/multi:latest", registry.address);
+        client
+            .push_manifest_raw(
+                &reference.parse().unwrap(),
+                index.to_string().into_bytes(),
+                "application/vnd.oci.image.index.v1+json".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let image = pull(&reference, Arc::new(store(dir.path())), &registry.options())
+            .await
+            .unwrap();
+        assert_eq!(image.manifest.to_string(), ours.0, "this host's manifest");
+        assert_eq!(
+            std::fs::read_to_string(image.layers[0].path.join("etc/arch")).unwrap(),
+            host
+        );
+        assert_eq!(layers_in(dir.path()), 1, "the other platform's layer is not fetched");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_registry_that_answers_garbage_is_an_error_and_stores_nothing() {
         if !firkin_test_support::root_or_skip("pull test") {

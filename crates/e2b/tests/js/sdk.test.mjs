@@ -13,6 +13,10 @@
 //   node --test crates/e2b/tests/js/
 
 import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 
@@ -24,11 +28,13 @@ import {
   NotFoundError,
   Sandbox,
   SandboxNotFoundError,
+  Template,
   TimeoutError,
 } from 'e2b'
 
 import {
   driverTests,
+  firkinBinary,
   listAll,
   otherDaemons,
   skipReason,
@@ -40,6 +46,58 @@ const UNKNOWN_ID = 'nosuchsandbox0000000'
 const SEMVER = /^\d+\.\d+\.\d+$/
 // What a DNS label may be (the id goes into `<port>-<id>.<domain>` host names).
 const DNS_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/
+
+/**
+ * An OCI image layout of Debian's static busybox (scripts/setup installs busybox-static) with
+ * a few applets, `/bin/bash` handing over to busybox's sh (the SDK runs commands through bash),
+ * and /etc/passwd: one uncompressed layer made with the host's tar. Its directory.
+ */
+function busyboxLayout() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'firkin-js-layout-'))
+  const rootfs = path.join(dir, 'rootfs')
+  for (const sub of ['bin', 'etc']) fs.mkdirSync(path.join(rootfs, sub), { recursive: true })
+  fs.copyFileSync('/bin/busybox', path.join(rootfs, 'bin/busybox'))
+  for (const applet of ['sh', 'cat', 'echo', 'whoami', 'id', 'mkdir']) {
+    fs.symlinkSync('busybox', path.join(rootfs, 'bin', applet))
+  }
+  fs.writeFileSync(path.join(rootfs, 'bin/bash'), '#!/bin/sh\nexec /bin/sh "$@"\n', { mode: 0o755 })
+  fs.writeFileSync(path.join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n')
+  fs.writeFileSync(path.join(rootfs, 'etc/group'), 'root:x:0:\n')
+  const blobs = path.join(dir, 'layout', 'blobs', 'sha256')
+  fs.mkdirSync(blobs, { recursive: true })
+  const layerPath = path.join(dir, 'layer.tar')
+  const tar = spawnSync('tar', ['--numeric-owner', '--owner=0', '--group=0', '-C', rootfs, '-cf', layerPath, '.'])
+  assert.equal(tar.status, 0, String(tar.stderr))
+  const blob = (bytes) => {
+    const digest = createHash('sha256').update(bytes).digest('hex')
+    fs.writeFileSync(path.join(blobs, digest), bytes)
+    return { digest: `sha256:${digest}`, size: bytes.length }
+  }
+  const layer = blob(fs.readFileSync(layerPath))
+  const config = blob(Buffer.from(JSON.stringify({
+    architecture: 'amd64',
+    os: 'linux',
+    config: { Env: ['PATH=/usr/bin:/bin'] },
+    rootfs: { type: 'layers', diff_ids: [layer.digest] },
+  })))
+  const manifest = blob(Buffer.from(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
+    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', ...layer }],
+  })))
+  const layout = path.join(dir, 'layout')
+  fs.writeFileSync(path.join(layout, 'oci-layout'), '{"imageLayoutVersion": "1.0.0"}')
+  fs.writeFileSync(path.join(layout, 'index.json'), JSON.stringify({
+    schemaVersion: 2,
+    manifests: [{
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      ...manifest,
+      annotations: { 'org.opencontainers.image.ref.name': 'latest' },
+    }],
+  }))
+  return layout
+}
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -496,6 +554,32 @@ describe('firkin serve through the JS e2b SDK 2.51.0', () => {
     assert.equal(await sbx.isRunning(), true)
     assert.equal((await sbx.getInfo()).state, 'running')
     assert.equal((await sbx.commands.run('echo ok')).stdout, 'ok\n')
+  })
+
+  sandboxTest('a template built with the JS Template SDK runs its steps', async ({ meta }) => {
+    // The base: a busybox image imported with the daemon's own CLI (as the Python tests do).
+    const base = `js-busybox-${runId}:v1`
+    const imported = spawnSync(
+      firkinBinary(),
+      ['--json', 'template', '--state-dir', daemon.stateDir, 'import', busyboxLayout(), '--name', base],
+      { encoding: 'utf8' }
+    )
+    assert.equal(imported.status, 0, imported.stderr)
+    const name = `js-built-${runId}`
+    const logs = []
+    const template = Template()
+      .fromTemplate(base)
+      .setEnvs({ FROM_JS: 'yes' })
+      .runCmd('echo "built by js: $FROM_JS" > js.txt')
+    await Template.build(template, name, { onBuildLogs: (entry) => logs.push(entry.message) })
+    assert.ok(logs.some((line) => line.includes('RUN echo')), logs.join('\n'))
+    const sbx = await Sandbox.create(name, { timeoutMs: 60_000, metadata: meta })
+    try {
+      assert.equal(await sbx.files.read('/home/user/js.txt'), 'built by js: yes\n')
+      assert.equal((await sbx.commands.run('whoami')).stdout, 'user\n')
+    } finally {
+      await sbx.kill()
+    }
   })
 
   sandboxTest('an unknown sandbox id is not found', async () => {

@@ -9,23 +9,15 @@ install into the system Python (Debian's EXTERNALLY-MANAGED marker is removed), 
 python images E2B users start from.
 """
 
-import hashlib
-import json
 import pathlib
 import shutil
 import subprocess
 
+from oci import sha256_of, write_layout
+
 CACHE = pathlib.Path("/var/cache/firkin-tests")
 PACKAGES = "python3,python3-pip,nodejs,ca-certificates,tar"
 VERSION = "bookworm-python-node-1"
-
-
-def sha256_of(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 def debian_layout() -> pathlib.Path:
@@ -36,9 +28,8 @@ def debian_layout() -> pathlib.Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     partial = CACHE / f".debian-{VERSION}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    blobs = partial / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-    rootfs = partial / "rootfs.tar"
+    partial.mkdir()
+    rootfs = CACHE / f".debian-{VERSION}.tar"
     subprocess.run(
         [
             "mmdebstrap", "--variant=minbase", f"--include={PACKAGES}", "--quiet",
@@ -50,46 +41,14 @@ def debian_layout() -> pathlib.Path:
         check=True,
         timeout=900,
     )
-    layer_digest = sha256_of(rootfs)
-    layer_size = rootfs.stat().st_size
-    rootfs.rename(blobs / layer_digest.removeprefix("sha256:"))
-
-    def blob(data: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        (blobs / digest.removeprefix("sha256:")).write_bytes(data)
-        return digest
-
-    config = json.dumps({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
-        },
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
-    }).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": blob(config),
-            "size": len(config),
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": layer_digest,
-            "size": layer_size,
-        }],
-    }).encode()
-    (partial / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (partial / "index.json").write_text(json.dumps({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": blob(manifest),
-            "size": len(manifest),
-            "annotations": {"org.opencontainers.image.ref.name": "bookworm"},
-        }],
-    }))
-    partial.rename(layout)
+    write_layout(
+        partial / "layout",
+        rootfs,
+        sha256_of(rootfs),
+        "application/vnd.oci.image.layer.v1.tar",
+        ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
+        "bookworm",
+    )
+    (partial / "layout").rename(layout)
+    shutil.rmtree(partial)
     return layout

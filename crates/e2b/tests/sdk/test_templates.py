@@ -1,108 +1,17 @@
 """Sandboxes from a template that is an OCI image, and templates built with the Template
 SDK, through the real `e2b` SDK.
 
-The image is made here, from nothing on the internet: Debian's static busybox (scripts/setup
-installs `busybox-static`) with its applets as links, as an OCI image layout that the daemon's
-own CLI imports (`firkin template import`) into the running daemon's image store. busybox has
-no bash, and the SDK runs every command as `/bin/bash -l -c`: the image's `/bin/bash` is a
-two-line script that hands its arguments to busybox's `sh`.
+The images are made by the tests, from nothing on the internet: a busybox one
+(busybox_image.py) that the daemon's own CLI imports (`firkin template import`) or that a
+build pulls from the session's registry on loopback, and a Debian one (debian_image.py).
 """
 
-import gzip
-import hashlib
-import io
 import json
-import pathlib
 import subprocess
-import tarfile
 
 import pytest
+from busybox_image import BUSYBOX, IMAGE_ENV, write_layout
 from conftest import firkin_binary
-
-BUSYBOX = pathlib.Path("/bin/busybox")
-APPLETS = [
-    "sh", "cat", "echo", "env", "id", "whoami", "ls", "pwd", "mkdir", "rm", "sleep", "test",
-    "stat", "hostname", "touch", "grep", "wc", "head", "chown", "adduser", "addgroup", "httpd",
-    "wget", "cp", "tar",
-]
-BASH = b'#!/bin/sh\nexec /bin/sh "$@"\n'
-IMAGE_ENV = "hello from the image"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def layer_tar() -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-
-        def add(name, data=None, mode=0o644, kind=tarfile.REGTYPE, link=""):
-            info = tarfile.TarInfo(name)
-            info.type, info.mode, info.linkname = kind, mode, link
-            if data is not None:
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-
-        for directory in ["bin", "etc", "root", "srv", "usr", "usr/share"]:
-            add(directory, mode=0o755, kind=tarfile.DIRTYPE)
-        add("bin/busybox", BUSYBOX.read_bytes(), mode=0o755)
-        for applet in APPLETS:
-            add(f"bin/{applet}", kind=tarfile.SYMTYPE, link="busybox")
-        add("bin/bash", BASH, mode=0o755)
-        add("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n")
-        add("etc/group", b"root:x:0:\nsudo:x:27:\nnogroup:x:65534:\n")
-        add("etc/os-release", b"ID=firkin-busybox-test\n")
-        add("usr/share/greeting.txt", b"a file of the image\n")
-    return out.getvalue()
-
-
-def write_layout(dest: pathlib.Path) -> None:
-    """An OCI image layout holding one image, ref name `latest`, of one gzip layer."""
-    blobs = dest / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-
-    def blob(data: bytes) -> str:
-        digest = sha256(data)
-        (blobs / digest.removeprefix("sha256:")).write_bytes(data)
-        return digest
-
-    tar = layer_tar()
-    layer = gzip.compress(tar, mtime=0)
-    config = json.dumps({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", f"GREETING={IMAGE_ENV}"],
-            "WorkingDir": "/srv",
-            "User": "nobody",
-        },
-        "rootfs": {"type": "layers", "diff_ids": [sha256(tar)]},
-    }).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": blob(config),
-            "size": len(config),
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": blob(layer),
-            "size": len(layer),
-        }],
-    }).encode()
-    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (dest / "index.json").write_text(json.dumps({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": blob(manifest),
-            "size": len(manifest),
-            "annotations": {"org.opencontainers.image.ref.name": "latest"},
-        }],
-    }))
 
 
 @pytest.fixture(scope="module")
@@ -361,3 +270,63 @@ def test_firkin_template_build_builds_a_dockerfile(registry, firkin, make_sandbo
         " i=$((i+1)); sleep 0.05; done; exit 1"
     )
     assert served.stdout == "hello from the context\n"
+
+
+def test_tags_and_a_delete_refused_while_a_sandbox_uses_the_template(
+    firkin, make_sandbox, run_id, tmp_path
+):
+    import os
+    import urllib.error
+    import urllib.request
+
+    from e2b import Sandbox, SandboxException, Template
+
+    layout = tmp_path / "layout"
+    write_layout(layout)
+    name = f"in-use-{run_id}"
+    imported = subprocess.run(
+        [
+            str(firkin_binary()), "--json", "template", "--state-dir", str(firkin.state_dir),
+            "import", str(layout), "--name", f"{name}:v1",
+        ],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert imported.returncode == 0, imported.stderr
+
+    # Tags: assigned to the build v1 names, listed, used by a create, removed.
+    Template.assign_tags(f"{name}:v1", ["prod"])
+    assert sorted(tag.tag for tag in Template.get_tags(name)) == ["prod", "v1"]
+    sbx = make_sandbox(template=f"{name}:prod")
+
+    def delete() -> int:
+        request = urllib.request.Request(
+            f"{os.environ['E2B_API_URL']}/templates/{name}",
+            method="DELETE",
+            headers={"X-API-KEY": os.environ["E2B_API_KEY"]},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            assert error.code != 400 or "in use by sandbox" in error.read().decode()
+            return error.code
+
+    assert delete() == 400, "a running sandbox uses it"
+    # The command line, beside the running daemon, has the daemon check and remove.
+    removed = subprocess.run(
+        [
+            str(firkin_binary()), "template", "--state-dir", str(firkin.state_dir), "rm", name,
+            "--url", os.environ["E2B_API_URL"],
+        ],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "FIRKIN_API_KEY": firkin.env["E2B_API_KEY"]},
+    )
+    assert removed.returncode != 0 and "in use by sandbox" in removed.stderr, removed.stderr
+    Template.remove_tags(name, "prod")
+    with pytest.raises(SandboxException):
+        Sandbox.create(template=f"{name}:prod", metadata={"test": run_id})
+
+    sbx.kill()
+    assert delete() == 204
+    assert delete() == 404
+    assert not Template.exists(name)

@@ -219,6 +219,13 @@ impl SingleNodeBackend {
         &self.shared.state
     }
 
+    /// The disk-floor guard of the state root (what refuses creates, and template builds,
+    /// when the disk is nearly full).
+    #[must_use]
+    pub fn disk_guard(&self) -> &DiskPressureGuard {
+        &self.shared.disk
+    }
+
     /// The log store.
     #[must_use]
     pub fn logs(&self) -> &LogStore {

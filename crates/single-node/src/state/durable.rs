@@ -128,6 +128,34 @@ impl DurableStateStore {
         Ok(store)
     }
 
+    /// The active records of the store under `root`, read without taking the store (a
+    /// running daemon holds it): a snapshot of what its last committed transaction left.
+    /// An absent store has none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StatePersistenceFailed`] when the database cannot be read.
+    pub fn read_active(root: impl AsRef<Path>) -> Result<Vec<ActiveSessionRecord>> {
+        let db_path = root.as_ref().join(Self::DB_FILE);
+        if !db_path.exists() {
+            return Ok(Vec::new());
+        }
+        let connection = Connection::open_with_flags(
+            &db_path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|error| {
+            Error::persistence(format!("open state database {}", db_path.display()), error)
+        })?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|error| Error::persistence("state database busy timeout", error))?;
+        load_json_rows(
+            &connection,
+            "SELECT record FROM active_sessions ORDER BY sandbox_id",
+        )
+    }
+
     /// A store that lives in memory only (for embedding without persistence, and tests).
     ///
     /// # Errors
