@@ -30,6 +30,12 @@ mod tests {
 
     impl Registry {
         fn start(test: &str) -> Option<Self> {
+            Self::start_with(test, None)
+        }
+
+        /// A registry that asks for the users of the htpasswd file `users` (bcrypt hashes),
+        /// or for nothing.
+        fn start_with(test: &str, users: Option<&str>) -> Option<Self> {
             if !firkin_test_support::root_or_skip(test) {
                 return None;
             }
@@ -52,14 +58,19 @@ mod tests {
                 .port();
             let address = format!("127.0.0.1:{port}");
             let config = storage.path().join("config.yml");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
-                    storage.path().join("data").display()
-                ),
-            )
-            .unwrap();
+            let mut text = format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+                storage.path().join("data").display()
+            );
+            if let Some(users) = users {
+                let path = storage.path().join("htpasswd");
+                std::fs::write(&path, users).unwrap();
+                text.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: firkin-test\n    path: {}\n",
+                    path.display()
+                ));
+            }
+            std::fs::write(&config, text).unwrap();
             let child = Command::new("docker-registry")
                 .arg("serve")
                 .arg(&config)
@@ -94,7 +105,7 @@ mod tests {
             let mut response = String::new();
             stream.write_all(request.as_bytes()).is_ok()
                 && stream.read_to_string(&mut response).is_ok()
-                && response.starts_with("HTTP/1.1 200")
+                && (response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.1 401"))
         }
 
         fn options(&self) -> PullOptions {
@@ -290,7 +301,90 @@ mod tests {
             std::fs::read_to_string(image.layers[0].path.join("etc/arch")).unwrap(),
             host
         );
-        assert_eq!(layers_in(dir.path()), 1, "the other platform's layer is not fetched");
+        assert_eq!(
+            layers_in(dir.path()),
+            1,
+            "the other platform's layer is not fetched"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registry_that_asks_for_a_password_gets_it_and_refuses_without() {
+        // alice / secret, bcrypt at cost 4 (the registry takes only bcrypt).
+        let users = "alice:$2b$04$kxGbW..E8tetJj4X0Os8kuBQwCUUqDrfwBHsiCcwAHqI51aQLWaEK\n";
+        let Some(registry) = Registry::start_with("pull test", Some(users)) else {
+            return;
+        };
+        let layer_tar = tar_of(&[("etc/secret-image", b"yes\n")]);
+        let config = json!({
+            "architecture": firkin_image::layout::host_architecture(), "os": "linux",
+            "config": {},
+            "rootfs": { "type": "layers", "diff_ids": [Digest::of(&layer_tar).to_string()] },
+        });
+        let reference = format!("{}/private/app:v1", registry.address);
+        let client = oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(vec![registry.address.clone()]),
+            ..ClientConfig::default()
+        });
+        client
+            .push(
+                &reference.parse().unwrap(),
+                &[ImageLayer::new(
+                    gzip(&layer_tar),
+                    "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                    None,
+                )],
+                Config::new(
+                    config.to_string().into_bytes(),
+                    "application/vnd.oci.image.config.v1+json".into(),
+                    None,
+                ),
+                &RegistryAuth::Basic("alice".into(), "secret".into()),
+                None,
+            )
+            .await
+            .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(store(dir.path()));
+        for credentials in [
+            firkin_image::Credentials::Anonymous,
+            firkin_image::Credentials::Basic {
+                username: "alice".into(),
+                password: "wrong".into(),
+            },
+        ] {
+            let error = pull(
+                &reference,
+                Arc::clone(&store),
+                &PullOptions {
+                    credentials,
+                    ..registry.options()
+                },
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(error, PullError::Registry(_)), "{error}");
+        }
+        assert_eq!(
+            layers_in(dir.path()),
+            0,
+            "nothing stored without the password"
+        );
+        let image = pull(
+            &reference,
+            Arc::clone(&store),
+            &PullOptions {
+                credentials: firkin_image::Credentials::Basic {
+                    username: "alice".into(),
+                    password: "secret".into(),
+                },
+                ..registry.options()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(image.layers[0].path.join("etc/secret-image").is_file());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
