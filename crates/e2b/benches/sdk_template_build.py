@@ -3,7 +3,8 @@
 A six-step template (two COPY, ENV, two RUN, a WORKDIR that makes its directory) on a busybox
 template imported with `firkin template import` (the image the SDK tests use):
 
-  first build          Template.build of it, nothing cached (n = 1 per run)
+  first build          Template.build of it, nothing cached (n = 1 per run; its five
+                       layer-making steps: the COPYs, the RUNs, the WORKDIR's new directory)
   rebuild              Template.build of the unchanged template under a new tag, each step
                        from the build cache (n = FIRKIN_BENCH_SAMPLES, default 100)
   rebuild, in daemon   the same rebuilds, from the build's first log line to its last (the
@@ -95,7 +96,7 @@ def main():
             creates.append(time.perf_counter() - started)
             sbx.kill()
         print(f"first build: {first * 1000:.0f} ms ({len(first_lines)} log lines); "
-              f"cached steps per rebuild: {min(cached_steps)}..{max(cached_steps)} of 4 layer-making")
+              f"cached steps per rebuild: {min(cached_steps)}..{max(cached_steps)} of the 5 that make a layer")
         print("| operation                                    |     n |  p50 ms |  p95 ms |  p99 ms |  max ms |")
         print("|----------------------------------------------|------:|--------:|--------:|--------:|--------:|")
         row("rebuild, unchanged (SDK Template.build)", rebuilds)

@@ -329,7 +329,9 @@ async fn measure(
         rows.push(Row::new("runc: run /bin/true -> exit", runc_true));
     }
 
-    let idle = idle_sandboxes(driver, &ports, &layout, settings.idle, live).await?;
+    let idle = idle_sandboxes(driver, &ports, &layout, settings.idle, live, None).await?;
+    let idle_template =
+        idle_sandboxes(driver, &ports, &layout, settings.idle, live, Some(&images)).await?;
     rows.push(Row::new(
         format!("firkin: create, 0..{} live", settings.idle),
         idle.creates.clone(),
@@ -369,7 +371,8 @@ async fn measure(
             rows[4].p(0.50).as_secs_f64() / rows[0].p(0.50).as_secs_f64(),
         );
     }
-    idle.print();
+    idle.print("base");
+    idle_template.print("template from an image");
     println!(
         "\nphases of a create and delete, redone step by step with the driver's building \
          blocks (its template, /usr views, limits and helper; a netns of the bench's own, no slot):"
@@ -407,7 +410,7 @@ async fn burst_creates(
         driver.wait_warm(Duration::from_secs(30)).await;
         let mut ids = Vec::with_capacity(BURST);
         for _ in 0..BURST.min(n - creates.len()) {
-            let (id, took) = create_timed(driver, ports, live).await?;
+            let (id, took) = create_timed(driver, ports, live, None).await?;
             creates.push(took);
             ids.push(id);
         }
@@ -426,8 +429,12 @@ async fn create_timed(
     driver: &NamespaceDriver,
     ports: &PortRegistry,
     live: &Live,
+    image: Option<&TemplateImage>,
 ) -> BenchResult<(String, Duration)> {
-    let request = request();
+    let request = match image {
+        Some(image) => request().with_image(image.clone()),
+        None => request(),
+    };
     let id = request.sandbox_id().as_str().to_owned();
     live.add_sandbox(&id);
     let started = Instant::now();
@@ -549,6 +556,7 @@ async fn idle_sandboxes(
     layout: &CgroupLayout,
     count: usize,
     live: &Live,
+    image: Option<&TemplateImage>,
 ) -> BenchResult<Idle> {
     // The last deletes' background veth removals and the pool's refill settle first.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -556,7 +564,7 @@ async fn idle_sandboxes(
     let mut ids = Vec::with_capacity(count);
     let mut creates = Vec::with_capacity(count);
     for _ in 0..count {
-        let (id, took) = create_timed(driver, ports, live).await?;
+        let (id, took) = create_timed(driver, ports, live, image).await?;
         creates.push(took);
         ids.push(id);
     }
@@ -599,12 +607,12 @@ async fn idle_sandboxes(
 }
 
 impl Idle {
-    fn print(&self) {
+    fn print(&self, what: &str) {
         let per = |bytes: f64| bytes / self.count as f64 / f64::from(1 << 20);
         // Signed: other tenants of the host move it too, either way.
         let host = self.host_used_after as i64 - self.host_used_before as i64;
         println!(
-            "idle, {} sandboxes after 2 s: host MemTotal-MemAvailable {:+.1} MiB = {:.2} MiB per \
+            "idle, {} sandboxes of {what} after 2 s: host MemTotal-MemAvailable {:+.1} MiB = {:.2} MiB per \
              sandbox; cgroup memory usage {:.2} MiB per sandbox; PSS {:.2} MiB per sandbox \
              (processes: {:?})",
             self.count,
