@@ -11,6 +11,7 @@ use firkin_single_node::{SingleNodeBackend, SingleNodeCreateRequest, TemplateIma
 use sha2::{Digest as _, Sha256};
 
 use crate::copy::{CopyInto, copy_layer};
+use crate::held::{HeldLayers, Hold};
 use crate::spec::{BuildStart, Step, is_files_hash};
 use crate::{BuildError, envd};
 
@@ -26,6 +27,7 @@ pub const MAX_UPLOAD_BYTES: u64 = 4 << 30;
 #[derive(Debug)]
 pub struct Builder {
     templates: Arc<Templates>,
+    held: Arc<HeldLayers>,
     backend: SingleNodeBackend,
     uploads: PathBuf,
     pull: PullOptions,
@@ -61,6 +63,7 @@ impl Builder {
     ) -> Arc<Self> {
         Arc::new(Self {
             templates,
+            held: Arc::default(),
             backend,
             uploads,
             pull,
@@ -74,9 +77,22 @@ impl Builder {
     }
 
     /// [`BuildError::DiskFull`] when the state's disk is below the daemon's floor.
+    /// Below the floor, the layers no template and no running build uses are pruned first
+    /// (the store's garbage collection), and the check is made again.
     fn disk_check(&self, operation: &str) -> Result<(), BuildError> {
-        self.backend
-            .disk_guard()
+        let guard = self.backend.disk_guard();
+        if guard.check(operation).is_ok() {
+            return Ok(());
+        }
+        match self.templates.prune_keeping(&self.held.all()) {
+            Ok(removed) if !removed.is_empty() => tracing::warn!(
+                layers = removed.len(),
+                "the disk is below its floor: unused template layers were pruned"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "pruning unused template layers failed"),
+        }
+        guard
             .check(operation)
             .map_err(|error| BuildError::DiskFull(error.to_string()))
     }
@@ -220,8 +236,13 @@ impl Builder {
         let builder = Arc::clone(self);
         let (template_id, build_id) = (template_id.to_owned(), build_id.to_owned());
         tokio::spawn(async move {
-            let outcome = builder.build(&template_id, &build_id, &start, &steps).await;
+            // Held until the build is recorded: a prune meanwhile keeps its layers.
+            let mut hold = builder.held.hold();
+            let outcome = builder
+                .build(&template_id, &build_id, &start, &steps, &mut hold)
+                .await;
             builder.finish(&build_id, outcome);
+            drop(hold);
         });
         Ok(())
     }
@@ -258,11 +279,13 @@ impl Builder {
         build_id: &str,
         start: &BuildStart,
         steps: &[Step],
+        hold: &mut Hold,
     ) -> Result<ImageRecord, (String, String)> {
         let (mut record, mut key) = self
             .base(build_id, start)
             .await
             .map_err(|e| ("base".to_owned(), e.to_string()))?;
+        hold.add(&record.layers);
         let mut context = Context {
             user: record.user.clone().unwrap_or_else(|| "user".to_owned()),
             workdir: record.workdir.clone(),
@@ -303,6 +326,7 @@ impl Builder {
                 && self.templates.layers.get(&layer).is_some()
             {
                 self.log(build_id, &label, &format!("CACHED {}", step.describe()));
+                hold.add(&[layer]);
                 record.layers.push(layer);
                 continue;
             }
@@ -323,6 +347,7 @@ impl Builder {
                 if let Err(error) = self.templates.catalog.remember_step(&key, &layer) {
                     tracing::warn!(%error, "a build step could not be cached");
                 }
+                hold.add(&[layer]);
                 record.layers.push(layer);
             }
         }

@@ -24,6 +24,7 @@ mod copy;
 pub mod dockerfile;
 mod engine;
 mod envd;
+mod held;
 pub mod spec;
 
 pub use dockerfile::{Dockerfile, Instruction};

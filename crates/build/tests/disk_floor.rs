@@ -1,7 +1,7 @@
 //! A build and an upload under the daemon's disk floor are refused before anything is
 //! written, with the guard's reason, and the build stays waiting (it may be started again
-//! once there is room). Needs root: the image store gives its directories to the sandboxes'
-//! group.
+//! once there is room); first, the layers no template uses are pruned, and those a ready build
+//! uses are kept. Needs root: the image store gives its directories to the sandboxes' group.
 
 #[cfg(test)]
 mod tests {
@@ -62,6 +62,43 @@ mod tests {
             uploads.clone(),
             PullOptions::default(),
         );
+        // A layer a ready build uses, and one nothing uses.
+        let layer = |name: &str| {
+            let mut tar = tar::Builder::new(Vec::new());
+            let mut header = tar::Header::new_gnu();
+            header.set_size(1);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, name, &b"x"[..]).unwrap();
+            templates
+                .layers
+                .unpack(
+                    std::io::Cursor::new(tar.into_inner().unwrap()),
+                    Default::default(),
+                )
+                .unwrap()
+        };
+        let (kept, orphan) = (layer("kept"), layer("orphan"));
+        let ready = templates.catalog.request_build("ready", &[]).unwrap();
+        templates
+            .catalog
+            .start_build(&ready.template_id, &ready.build_id)
+            .unwrap();
+        templates
+            .catalog
+            .finish_build(
+                &ready.build_id,
+                Ok(firkin_image::catalog::ImageRecord {
+                    layers: vec![kept.diff_id],
+                    config: firkin_image::ImageConfig::default(),
+                    start_cmd: None,
+                    ready_cmd: None,
+                    user: None,
+                    workdir: None,
+                }),
+            )
+            .unwrap();
+
         let request = templates.catalog.request_build("app", &[]).unwrap();
         let start = BuildStart {
             from_image: Some("127.0.0.1:1/none:1".into()),
@@ -80,6 +117,8 @@ mod tests {
             .build_state(&request.template_id, &request.build_id, 0, 10)
             .unwrap();
         assert_eq!(state.status, BuildStatus::Waiting, "nothing started");
+        assert!(!orphan.path.exists(), "the unused layer was pruned first");
+        assert!(kept.path.is_dir(), "the ready build's layer stays");
 
         let hash = "a".repeat(64);
         let body = http_body_util::Full::new(bytes::Bytes::from_static(b"not written"));

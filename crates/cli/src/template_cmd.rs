@@ -129,11 +129,12 @@ pub(crate) fn run(state_dir: &Path, command: TemplateCommand, json: bool) -> any
                 },
                 None => Credentials::Anonymous,
             };
+            let spinner = spinner(json, format!("pulling {reference}"));
             let options = PullOptions {
                 credentials,
                 insecure_registries,
+                progress: Some(bytes_bar(&spinner, &reference)),
             };
-            let spinner = spinner(json, format!("pulling {reference}"));
             let templates = open()?;
             let made =
                 runtime.block_on(templates.pull(&reference, name.as_deref(), &tags, &options));
@@ -254,6 +255,25 @@ fn refuse_if_in_use(
         );
     }
     Ok(())
+}
+
+/// Turns `bar` into a byte count of the pull of `reference` once its plan is known.
+fn bytes_bar(bar: &indicatif::ProgressBar, reference: &str) -> firkin_image::ProgressFn {
+    let (bar, reference) = (bar.clone(), reference.to_owned());
+    firkin_image::ProgressFn(Arc::new(move |event| match event {
+        firkin_image::PullProgress::Planned { layers, bytes } => {
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {msg} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.set_length(bytes);
+            bar.set_message(format!("pulling {reference}: {layers} layers to fetch"));
+        }
+        firkin_image::PullProgress::Downloaded(bytes) => bar.inc(bytes),
+        firkin_image::PullProgress::Stored => {}
+    }))
 }
 
 /// A spinner on stderr while a pull or an import runs (none with `--json`, or off a terminal:

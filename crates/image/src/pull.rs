@@ -18,6 +18,7 @@ use oci_spec::image::ImageConfiguration;
 
 use crate::Digest;
 use crate::image::{Image, ImportError, image_config, plan_layers};
+use crate::progress::{Counting, ProgressFn, PullProgress};
 use crate::store::LayerStore;
 
 /// Credentials for a registry.
@@ -54,6 +55,8 @@ pub struct PullOptions {
     pub credentials: Credentials,
     /// Registries (`host:port` as in the reference) spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Told of the pull's progress, when given.
+    pub progress: Option<ProgressFn>,
 }
 
 /// Why a pull failed. Layers already stored stay (whole, verified, shared).
@@ -125,6 +128,21 @@ pub async fn pull(
     // Every descriptor is checked before anything is downloaded.
     let expected = plan_layers(&described, config.rootfs().diff_ids(), reference)?;
     let plan: Vec<_> = manifest.layers.iter().zip(expected).collect();
+    let missing: Vec<_> = plan
+        .iter()
+        .filter(|(_, expected)| expected.diff_id.and_then(|id| store.get(&id)).is_none())
+        .collect();
+    let progress = options.progress.as_ref();
+    ProgressFn::report(
+        progress,
+        PullProgress::Planned {
+            layers: missing.len(),
+            bytes: missing
+                .iter()
+                .map(|(d, _)| u64::try_from(d.size).unwrap_or(0))
+                .sum(),
+        },
+    );
     let mut layers = Vec::with_capacity(plan.len());
     for (descriptor, expected) in plan {
         if let Some(layer) = expected.diff_id.and_then(|id| store.get(&id)) {
@@ -135,7 +153,11 @@ pub async fn pull(
         let file = tokio::fs::File::create(&download)
             .await
             .map_err(|e| bad(format!("create {}: {e}", download.display())))?;
-        let pulled = client.pull_blob(&parsed, descriptor, file).await;
+        let counting = Counting {
+            inner: file,
+            progress: options.progress.clone(),
+        };
+        let pulled = client.pull_blob(&parsed, descriptor, counting).await;
         let unpacked = match pulled {
             Ok(()) => {
                 let store = Arc::clone(&store);
@@ -153,6 +175,7 @@ pub async fn pull(
         };
         let _ = tokio::fs::remove_file(&download).await;
         layers.push(unpacked?);
+        ProgressFn::report(progress, PullProgress::Stored);
     }
     Ok(Image {
         manifest: manifest_digest

@@ -140,7 +140,22 @@ impl Templates {
     ///
     /// The catalog or the store failed.
     pub fn prune(&self) -> Result<Vec<Digest>, TemplateError> {
-        Ok(self.layers.prune(&self.catalog.layers_in_use()?)?)
+        self.prune_keeping(&std::collections::HashSet::new())
+    }
+
+    /// Removes the layers no template keeps and that are not in `also` (the layers of builds
+    /// still running); returns their digests.
+    ///
+    /// # Errors
+    ///
+    /// The catalog or the store failed.
+    pub fn prune_keeping(
+        &self,
+        also: &std::collections::HashSet<Digest>,
+    ) -> Result<Vec<Digest>, TemplateError> {
+        let mut keep = self.catalog.layers_in_use()?;
+        keep.extend(also);
+        Ok(self.layers.prune(&keep)?)
     }
 
     /// A build with no steps: `make` brings the image in.

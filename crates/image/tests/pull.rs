@@ -166,9 +166,41 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(store(dir.path()));
-        let image = pull(&reference, Arc::clone(&store), &registry.options())
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&events);
+        let options = PullOptions {
+            progress: Some(firkin_image::ProgressFn(Arc::new(move |event| {
+                seen.lock().unwrap().push(event);
+            }))),
+            ..registry.options()
+        };
+        let image = pull(&reference, Arc::clone(&store), &options)
             .await
             .unwrap();
+        let events = std::mem::take(&mut *events.lock().unwrap());
+        let sizes = (base_gz.len() + app_zst.len()) as u64;
+        assert_eq!(
+            events[0],
+            firkin_image::PullProgress::Planned {
+                layers: 2,
+                bytes: sizes
+            }
+        );
+        let downloaded: u64 = events
+            .iter()
+            .filter_map(|e| match e {
+                firkin_image::PullProgress::Downloaded(n) => Some(*n),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(downloaded, sizes, "every byte of the layers is reported");
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| **e == firkin_image::PullProgress::Stored)
+                .count(),
+            2
+        );
         let diff_ids: Vec<Digest> = image.layers.iter().map(|l| l.diff_id).collect();
         assert_eq!(diff_ids, [Digest::of(&base_tar), Digest::of(&app_tar)]);
         assert_eq!(
