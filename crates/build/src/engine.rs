@@ -15,6 +15,9 @@ use crate::held::{HeldLayers, Hold};
 use crate::spec::{BuildStart, Step, is_files_hash};
 use crate::{BuildError, envd};
 
+/// The metadata key of a build's own sandboxes (its value: the build id).
+pub const BUILD_METADATA: &str = "firkin.build";
+
 /// How long a build sandbox may live (a step that runs longer is cut off).
 const STEP_SANDBOX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The files a driver writes into every sandbox: never part of a step's layer.
@@ -68,6 +71,44 @@ impl Builder {
             uploads,
             pull,
         })
+    }
+
+    /// What a daemon that stopped during builds left: its unfinished builds are marked failed
+    /// and their build sandboxes (metadata [`BUILD_METADATA`]) deleted. Call once, when the
+    /// daemon starts, before any build. Returns (builds failed, sandboxes deleted).
+    ///
+    /// # Errors
+    ///
+    /// The catalog or the backend failed.
+    pub async fn clean_up_interrupted(&self) -> Result<(usize, usize), BuildError> {
+        let failed = self.templates.catalog.fail_interrupted_builds()?;
+        let mut orphans = Vec::new();
+        let mut query = firkin_single_node::ListQuery {
+            limit: Some(firkin_single_node::ListQuery::MAX_LIMIT),
+            ..firkin_single_node::ListQuery::default()
+        };
+        loop {
+            let page = self
+                .backend
+                .list(&query)
+                .map_err(|e| BuildError::Internal(e.to_string()))?;
+            orphans.extend(
+                page.sandboxes
+                    .iter()
+                    .filter(|s| s.metadata().contains_key(BUILD_METADATA))
+                    .map(|s| s.sandbox_id().to_owned()),
+            );
+            match page.next_token {
+                Some(token) => query.next_token = Some(token),
+                None => break,
+            }
+        }
+        for id in &orphans {
+            if let Err(error) = self.backend.delete(id).await {
+                tracing::warn!(%error, sandbox = id, "deleting a build sandbox left by a stopped daemon");
+            }
+        }
+        Ok((failed, orphans.len()))
     }
 
     /// The catalog and store it builds into.
@@ -523,7 +564,7 @@ impl Builder {
         .with_image(image)
         .with_timeout(STEP_SANDBOX_TIMEOUT)
         .with_metadata(BTreeMap::from([(
-            "firkin.build".to_owned(),
+            BUILD_METADATA.to_owned(),
             build_id.to_owned(),
         )]))
     }

@@ -28,7 +28,7 @@ mod held;
 pub mod spec;
 
 pub use dockerfile::{Dockerfile, Instruction};
-pub use engine::{Builder, MAX_UPLOAD_BYTES};
+pub use engine::{BUILD_METADATA, Builder, MAX_UPLOAD_BYTES};
 pub use spec::{BuildStart, Step};
 
 /// Why a build request or a build failed.

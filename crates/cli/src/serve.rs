@@ -293,12 +293,6 @@ async fn serve(
         }
         None => None,
     };
-    let interrupted = templates.catalog.fail_interrupted_builds()?;
-    if interrupted > 0 {
-        eprintln!(
-            "firkin serve: {interrupted} template builds the last daemon left unfinished are marked failed"
-        );
-    }
     let pull = firkin_image::PullOptions {
         insecure_registries: args.insecure_registry.clone(),
         ..firkin_image::PullOptions::default()
@@ -309,6 +303,13 @@ async fn serve(
         state_dir.join("images/uploads"),
         pull,
     );
+    let (interrupted, orphans) = builder.clean_up_interrupted().await?;
+    if interrupted + orphans > 0 {
+        eprintln!(
+            "firkin serve: {interrupted} template builds the last daemon left unfinished are \
+             marked failed; {orphans} of their build sandboxes deleted"
+        );
+    }
     let state = AppState::with_builder(backend.clone(), config, builder);
 
     eprintln!(

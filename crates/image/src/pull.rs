@@ -98,6 +98,9 @@ pub async fn pull(
             })?;
     let client = Client::new(ClientConfig {
         protocol: ClientProtocol::HttpsExcept(options.insecure_registries.clone()),
+        // A registry that stops answering fails the pull instead of hanging it.
+        connect_timeout: Some(std::time::Duration::from_secs(30)),
+        read_timeout: Some(std::time::Duration::from_secs(120)),
         ..ClientConfig::default()
     });
     let auth = match &options.credentials {
