@@ -341,6 +341,69 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_docker_v2_manifest_pulls_as_an_oci_one_does() {
+        let Some(registry) = Registry::start("pull test") else {
+            return;
+        };
+        let client = oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(vec![registry.address.clone()]),
+            ..ClientConfig::default()
+        });
+        let layer_tar = tar_of(&[("etc/from-docker", b"v2\n")]);
+        let layer = gzip(&layer_tar);
+        let config = json!({
+            "architecture": firkin_image::layout::host_architecture(), "os": "linux",
+            "config": { "Env": ["FROM=docker"] },
+            "rootfs": { "type": "layers", "diff_ids": [Digest::of(&layer_tar).to_string()] },
+        })
+        .to_string()
+        .into_bytes();
+        let reference: oci_client::Reference = format!("{}/test/docker:v2", registry.address)
+            .parse()
+            .unwrap();
+        for blob in [&layer, &config] {
+            client
+                .push_blob(&reference, blob.clone(), &Digest::of(blob).to_string())
+                .await
+                .unwrap();
+        }
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": config.len(), "digest": Digest::of(&config).to_string(),
+            },
+            "layers": [{
+                "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                "size": layer.len(), "digest": Digest::of(&layer).to_string(),
+            }],
+        });
+        client
+            .push_manifest_raw(
+                &reference,
+                manifest.to_string().into_bytes(),
+                "application/vnd.docker.distribution.manifest.v2+json"
+                    .parse()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let image = pull(
+            &reference.to_string(),
+            Arc::new(store(dir.path())),
+            &registry.options(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(image.layers[0].diff_id, Digest::of(&layer_tar));
+        assert!(image.layers[0].path.join("etc/from-docker").is_file());
+        assert_eq!(image.config.env, ["FROM=docker"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_registry_that_asks_for_a_password_gets_it_and_refuses_without() {
         // alice / secret, bcrypt at cost 4 (the registry takes only bcrypt).
         let users = "alice:$2b$04$kxGbW..E8tetJj4X0Os8kuBQwCUUqDrfwBHsiCcwAHqI51aQLWaEK\n";
