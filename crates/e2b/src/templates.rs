@@ -103,12 +103,25 @@ pub(crate) async fn upload_link(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
     let token = upload_token(&state.config.api_key, &template_id, &hash);
-    let url = format!("http://{host}/upload/templates/{template_id}/files/{hash}?token={token}");
+    let scheme = if came_over_tls(&state.config, host) {
+        "https"
+    } else {
+        "http"
+    };
+    let url =
+        format!("{scheme}://{host}/upload/templates/{template_id}/files/{hash}?token={token}");
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "present": present, "url": url })),
     )
         .into_response())
+}
+
+/// Whether a request with this `Host` reached the TLS listener: with TLS on, the advertised
+/// domain carries the TLS listener's port, and a client that used that port spoke TLS.
+fn came_over_tls(config: &crate::E2bConfig, host: &str) -> bool {
+    let port = |text: &str| text.rsplit_once(':').map(|(_, port)| port.to_owned());
+    config.advertise_domain && port(host).is_some() && port(host) == port(&config.domain)
 }
 
 /// `PUT /upload/templates/{id}/files/{hash}?token=…` (no API key: the token stands for it).
@@ -315,6 +328,25 @@ pub(crate) async fn delete(State(state): Shared, Path(id): Path<String>) -> ApiR
         .delete(&template.template_id)
         .map_err(catalog_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_url_is_https_on_the_tls_listeners_port_only() {
+        let mut config = crate::E2bConfig::new("key");
+        assert!(
+            !came_over_tls(&config, "127.0.0.1:49980"),
+            "no TLS listener"
+        );
+        config.domain = "e2b.localhost:49443".into();
+        config.advertise_domain = true;
+        assert!(came_over_tls(&config, "api.e2b.localhost:49443"));
+        assert!(!came_over_tls(&config, "127.0.0.1:49980"));
+        assert!(!came_over_tls(&config, "api.e2b.localhost"));
+    }
 }
 
 #[derive(Deserialize)]

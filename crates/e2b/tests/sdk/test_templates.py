@@ -330,3 +330,40 @@ def test_tags_and_a_delete_refused_while_a_sandbox_uses_the_template(
     assert delete() == 204
     assert delete() == 404
     assert not Template.exists(name)
+
+
+# Recipe B (TLS and host names) in its own interpreter, as test_tls_recipe.py runs it.
+TLS_BUILD = r"""
+import pathlib, sys, tempfile
+from e2b import Template
+
+context = pathlib.Path(tempfile.mkdtemp())
+(context / "over-tls.txt").write_text("uploaded over tls\n")
+template = Template(file_context_path=str(context)).from_template(sys.argv[1]).copy(
+    "over-tls.txt", "over-tls.txt"
+)
+Template.build(template, sys.argv[2])
+print("built")
+"""
+
+
+def test_a_build_over_the_tls_listener_uploads_its_files_over_tls(
+    busybox_template, firkin, make_sandbox, run_id
+):
+    import os
+    import sys
+
+    name = f"over-tls-{run_id}"
+    env = {
+        "PATH": os.environ["PATH"],
+        "E2B_DOMAIN": firkin.env["E2B_DOMAIN"],
+        "SSL_CERT_FILE": firkin.env["SSL_CERT_FILE"],
+        "E2B_API_KEY": firkin.env["E2B_API_KEY"],
+    }
+    built = subprocess.run(
+        [sys.executable, "-c", TLS_BUILD, busybox_template, name],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert built.returncode == 0 and built.stdout.strip() == "built", built.stderr[-3000:]
+    sbx = make_sandbox(template=name)
+    assert sbx.files.read("/home/user/over-tls.txt") == "uploaded over tls\n"
