@@ -1,68 +1,62 @@
-//! The builder: requests, uploads, and the build task itself (see the crate docs).
+//! The builder: build requests, the build task and its steps in order, the build cache, and
+//! what a stopped daemon left (see the crate docs). Steps that run something are in `run.rs`,
+//! uploads in `uploads.rs`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use firkin_image::catalog::ImageRecord;
-use firkin_image::{Digest, Expected, PullOptions, Templates};
-use firkin_single_node::{SingleNodeBackend, SingleNodeCreateRequest, TemplateImage};
+use firkin_image::{Digest, PullOptions, Templates};
+use firkin_single_node::SingleNodeBackend;
 use sha2::{Digest as _, Sha256};
 
-use crate::copy::{CopyInto, copy_layer};
+use crate::BuildError;
 use crate::held::{HeldLayers, Hold};
-use crate::spec::{BuildStart, Step, is_files_hash};
-use crate::{BuildError, envd};
-
-/// The metadata key of a build's own sandboxes (its value: the build id).
-pub const BUILD_METADATA: &str = "firkin.build";
-
-/// How long a build sandbox may live (a step that runs longer is cut off).
-const STEP_SANDBOX_TIMEOUT: Duration = Duration::from_secs(3600);
-/// The files a driver writes into every sandbox: never part of a step's layer.
-const PER_SANDBOX_FILES: [&str; 3] = ["etc/hosts", "etc/hostname", "etc/resolv.conf"];
-/// The largest upload a `COPY` may bring.
-pub const MAX_UPLOAD_BYTES: u64 = 4 << 30;
+use crate::run::BUILD_METADATA;
+use crate::spec::{BuildStart, Step};
 
 /// Builds templates into the daemon's catalog and layer store, running steps through its
 /// backend.
 #[derive(Debug)]
 pub struct Builder {
-    templates: Arc<Templates>,
-    held: Arc<HeldLayers>,
-    backend: SingleNodeBackend,
-    uploads: PathBuf,
+    pub(crate) templates: Arc<Templates>,
+    pub(crate) held: Arc<HeldLayers>,
+    pub(crate) backend: SingleNodeBackend,
+    pub(crate) uploads: PathBuf,
     pull: PullOptions,
+    /// The built-in `base` template's own layer, for builds `from_template("base")`.
+    pub(crate) base_rootfs: Option<PathBuf>,
 }
 
 /// Where a step runs: its build and the image so far.
 #[derive(Debug)]
-struct StepAt<'a> {
-    template_id: &'a str,
-    build_id: &'a str,
+pub(crate) struct StepAt<'a> {
+    pub(crate) template_id: &'a str,
+    pub(crate) build_id: &'a str,
     /// The step's number (1-based), as the log and `reason.step` name it.
-    label: &'a str,
-    record: &'a ImageRecord,
+    pub(crate) label: &'a str,
+    pub(crate) record: &'a ImageRecord,
 }
 
 /// The build's state between steps.
 #[derive(Debug, Clone)]
-struct Context {
-    user: String,
-    workdir: Option<String>,
-    env: Vec<(String, String)>,
+pub(crate) struct Context {
+    pub(crate) user: String,
+    pub(crate) workdir: Option<String>,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Builder {
     /// A builder over `templates` and `backend`, keeping uploads under `uploads`, pulling
-    /// with `pull`.
+    /// with `pull`; builds on the built-in `base` use its layer `base_rootfs` (the driver's
+    /// `<state>/templates/base/rootfs`; `None`: such builds are refused).
     #[must_use]
     pub fn new(
         templates: Arc<Templates>,
         backend: SingleNodeBackend,
         uploads: PathBuf,
         pull: PullOptions,
+        base_rootfs: Option<PathBuf>,
     ) -> Arc<Self> {
         Arc::new(Self {
             templates,
@@ -70,6 +64,7 @@ impl Builder {
             backend,
             uploads,
             pull,
+            base_rootfs,
         })
     }
 
@@ -120,7 +115,7 @@ impl Builder {
     /// [`BuildError::DiskFull`] when the state's disk is below the daemon's floor.
     /// Below the floor, the layers no template and no running build uses are pruned first
     /// (the store's garbage collection), and the check is made again.
-    fn disk_check(&self, operation: &str) -> Result<(), BuildError> {
+    pub(crate) fn disk_check(&self, operation: &str) -> Result<(), BuildError> {
         let guard = self.backend.disk_guard();
         if guard.check(operation).is_ok() {
             return Ok(());
@@ -136,104 +131,6 @@ impl Builder {
         guard
             .check(operation)
             .map_err(|error| BuildError::DiskFull(error.to_string()))
-    }
-
-    /// Where the upload `hash` of `template_id` is kept.
-    fn upload_path(&self, template_id: &str, hash: &str) -> PathBuf {
-        self.uploads.join(template_id).join(hash)
-    }
-
-    /// Whether the upload `hash` of `template_id` is here already.
-    ///
-    /// # Errors
-    ///
-    /// [`BuildError::BadRequest`] for a hash that is not 64 hex digits,
-    /// [`BuildError::NotFound`] for an unknown template.
-    pub fn upload_present(&self, template_id: &str, hash: &str) -> Result<bool, BuildError> {
-        self.check_upload(template_id, hash)?;
-        Ok(self.upload_path(template_id, hash).is_file())
-    }
-
-    fn check_upload(&self, template_id: &str, hash: &str) -> Result<(), BuildError> {
-        if !is_files_hash(hash) {
-            return Err(BuildError::BadRequest(format!(
-                "files hash {hash:?} is not 64 lowercase hex digits"
-            )));
-        }
-        if !self
-            .templates
-            .catalog
-            .list()?
-            .iter()
-            .any(|t| t.template_id == template_id)
-        {
-            return Err(BuildError::NotFound(format!(
-                "template '{template_id}' not found"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Keeps `body` as the upload `hash` of `template_id` (at most [`MAX_UPLOAD_BYTES`]);
-    /// visible whole or not at all. Returns its size.
-    ///
-    /// # Errors
-    ///
-    /// As [`Builder::upload_present`]; [`BuildError::BadRequest`] when it is too large;
-    /// [`BuildError::Internal`] when it cannot be written.
-    pub async fn save_upload<B>(
-        &self,
-        template_id: &str,
-        hash: &str,
-        mut body: B,
-    ) -> Result<u64, BuildError>
-    where
-        B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
-        B::Error: std::fmt::Display,
-    {
-        use http_body_util::BodyExt as _;
-        use tokio::io::AsyncWriteExt as _;
-        self.check_upload(template_id, hash)?;
-        self.disk_check("template file upload")?;
-        let dest = self.upload_path(template_id, hash);
-        let dir = dest.parent().unwrap_or(&self.uploads).to_owned();
-        let internal = |what: &str, e: &dyn std::fmt::Display| {
-            BuildError::Internal(format!("{what} {}: {e}", dest.display()))
-        };
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| internal("create the directory of", &e))?;
-        let partial = dir.join(format!(".{hash}.partial"));
-        let mut file = tokio::fs::File::create(&partial)
-            .await
-            .map_err(|e| internal("create", &e))?;
-        let mut size = 0_u64;
-        let written = async {
-            while let Some(frame) = body.frame().await {
-                let frame =
-                    frame.map_err(|e| BuildError::BadRequest(format!("the upload: {e}")))?;
-                if let Ok(data) = frame.into_data() {
-                    size += data.len() as u64;
-                    if size > MAX_UPLOAD_BYTES {
-                        return Err(BuildError::BadRequest(format!(
-                            "the upload is larger than {MAX_UPLOAD_BYTES} bytes"
-                        )));
-                    }
-                    file.write_all(&data)
-                        .await
-                        .map_err(|e| internal("write", &e))?;
-                }
-            }
-            file.sync_all().await.map_err(|e| internal("sync", &e))?;
-            tokio::fs::rename(&partial, &dest)
-                .await
-                .map_err(|e| internal("keep", &e))
-        }
-        .await;
-        if written.is_err() {
-            let _ = tokio::fs::remove_file(&partial).await;
-        }
-        written.map(|()| size)
     }
 
     /// Starts the waiting build `build_id` of `template_id` with `start` (checked first:
@@ -303,7 +200,7 @@ impl Builder {
         }
     }
 
-    fn log(&self, build_id: &str, step: &str, message: &str) {
+    pub(crate) fn log(&self, build_id: &str, step: &str, message: &str) {
         if let Err(error) = self
             .templates
             .catalog
@@ -418,9 +315,22 @@ impl Builder {
         if let Some(parent) = &start.from_template {
             self.log(build_id, "base", &format!("[base] FROM template {parent}"));
             if parent.trim() == firkin_single_node::BASE_TEMPLATE {
-                return Err(BuildError::Step(
-                    "building on the built-in 'base' template (the host's /usr) is not supported; start from an image (from_image) or a template built from one".to_owned(),
-                ));
+                if self.base_rootfs.is_none() {
+                    return Err(BuildError::Step(
+                        "this daemon cannot build on the built-in 'base' template".to_owned(),
+                    ));
+                }
+                // Nothing of its own: the driver puts `base` under the steps' layers.
+                let record = ImageRecord {
+                    layers: Vec::new(),
+                    config: firkin_image::ImageConfig::default(),
+                    start_cmd: None,
+                    ready_cmd: None,
+                    user: Some("user".to_owned()),
+                    workdir: None,
+                    on_base: true,
+                };
+                return Ok((record, "base".to_owned()));
             }
             let resolved = self.templates.catalog.resolve(parent)?;
             let key = format!("template {}", resolved.build_id);
@@ -449,254 +359,6 @@ impl Builder {
         let key = layers_key(&record.layers);
         Ok((record, key))
     }
-
-    /// One step that makes a layer (`ENV` makes none); the layer's digest.
-    async fn run_step(
-        &self,
-        at: &StepAt<'_>,
-        step: &Step,
-        context: &Context,
-    ) -> Result<Option<Digest>, BuildError> {
-        let layers = self.layer_paths(at.record);
-        let store = Arc::clone(&self.templates.layers);
-        let tar = match step {
-            Step::Env(_) => return Ok(None),
-            Step::Run { command, user } => {
-                let user = user.as_deref().unwrap_or(&context.user);
-                return self
-                    .run_in_sandbox(at, context, command, user)
-                    .await
-                    .map(Some);
-            }
-            Step::User(user) => {
-                if firkin_image::provision::find_user(&layers, user).is_some() {
-                    return Ok(None);
-                }
-                let command = format!(
-                    "useradd --create-home --shell /bin/bash {user} 2>/dev/null || adduser -D -s /bin/sh {user}"
-                );
-                return self.run_as_root(at, context, &command).await;
-            }
-            Step::Workdir(_) => {
-                let dir = context.workdir.clone().unwrap_or_default();
-                if firkin_image::provision::attributes(
-                    &layers,
-                    store.ids(),
-                    dir.trim_start_matches('/'),
-                )
-                .is_some()
-                {
-                    return Ok(None);
-                }
-                let dir = quote(&dir);
-                let command = format!("mkdir -p {dir} && chown {} {dir}", quote(&context.user));
-                return self.run_as_root(at, context, &command).await;
-            }
-            Step::Copy {
-                source,
-                dest,
-                owner,
-                mode,
-                files_hash,
-            } => {
-                let archive = self.upload_path(at.template_id, files_hash);
-                let into = CopyInto {
-                    layers: &layers,
-                    ids: store.ids(),
-                    user: &context.user,
-                    workdir: context.workdir.as_deref(),
-                };
-                copy_layer(&archive, source, dest, owner.as_deref(), *mode, &into)?
-            }
-        };
-        let layer = tokio::task::spawn_blocking(move || {
-            store.unpack(std::io::Cursor::new(tar), Expected::default())
-        })
-        .await
-        .map_err(|e| BuildError::Internal(e.to_string()))?
-        .map_err(|e| BuildError::Step(format!("the step's layer: {e}")))?;
-        Ok(Some(layer.diff_id))
-    }
-
-    fn layer_paths(&self, record: &ImageRecord) -> Vec<PathBuf> {
-        record
-            .layers
-            .iter()
-            .map(|d| self.templates.layers.layer_path(d))
-            .collect()
-    }
-
-    /// What a sandbox of `record` in `context` is started from.
-    fn image(
-        &self,
-        template_id: &str,
-        build_id: &str,
-        record: &ImageRecord,
-        context: &Context,
-    ) -> TemplateImage {
-        let mut env: Vec<(String, String)> = record
-            .config
-            .env
-            .iter()
-            .filter_map(|pair| pair.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        env.extend(context.env.iter().cloned());
-        TemplateImage {
-            template_id: template_id.to_owned(),
-            name: template_id.to_owned(),
-            build_id: build_id.to_owned(),
-            layers: self.layer_paths(record),
-            env,
-            user: Some(context.user.clone()),
-            workdir: context.workdir.clone(),
-            start_cmd: record.start_cmd.clone(),
-            ready_cmd: record.ready_cmd.clone(),
-            keep_warm: false,
-        }
-    }
-
-    fn request(&self, image: TemplateImage, build_id: &str) -> SingleNodeCreateRequest {
-        SingleNodeCreateRequest::new(
-            image.template_id.clone(),
-            self.backend.config().default_sandbox_resources,
-        )
-        .with_image(image)
-        .with_timeout(STEP_SANDBOX_TIMEOUT)
-        .with_metadata(BTreeMap::from([(
-            BUILD_METADATA.to_owned(),
-            build_id.to_owned(),
-        )]))
-    }
-
-    /// `command` as root from `/`, for a step that makes what the image lacks (a user, a
-    /// directory), which may be the very user or directory the context names.
-    async fn run_as_root(
-        &self,
-        at: &StepAt<'_>,
-        context: &Context,
-        command: &str,
-    ) -> Result<Option<Digest>, BuildError> {
-        let root = Context {
-            user: "root".to_owned(),
-            workdir: Some("/".to_owned()),
-            ..context.clone()
-        };
-        self.run_in_sandbox(at, &root, command, "root")
-            .await
-            .map(Some)
-    }
-
-    /// `command` as `user` in a build sandbox of the image so far; what it wrote, as a layer.
-    async fn run_in_sandbox(
-        &self,
-        at: &StepAt<'_>,
-        context: &Context,
-        command: &str,
-        user: &str,
-    ) -> Result<Digest, BuildError> {
-        let (build_id, label) = (at.build_id, at.label);
-        let image = self.image(at.template_id, build_id, at.record, context);
-        let sandbox = self
-            .backend
-            .create(self.request(image, build_id))
-            .await
-            .map_err(|e| BuildError::Step(format!("start a build sandbox: {e}")))?;
-        let id = sandbox.sandbox_id().to_owned();
-        let token = sandbox.record().envd_access_token.clone();
-        let result = async {
-            let address = self
-                .backend
-                .ports()
-                .target(&id, 49983)
-                .map_err(|e| BuildError::Internal(e.to_string()))?;
-            let run = envd::Command {
-                line: command,
-                user,
-                cwd: context.workdir.as_deref(),
-                envs: &context.env,
-            };
-            let code = envd::run(address, token.as_deref(), &run, |line| {
-                self.log(build_id, label, line)
-            })
-            .await
-            .map_err(|e| BuildError::Step(format!("failed to run command '{command}': {e}")))?;
-            if code != 0 {
-                return Err(BuildError::Step(format!(
-                    "failed to run command '{command}': exit status {code}"
-                )));
-            }
-            self.backend
-                .pause(&id)
-                .await
-                .map_err(|e| BuildError::Internal(format!("freeze the build sandbox: {e}")))?;
-            let upper = self.backend.driver().writes_dir(&id).ok_or_else(|| {
-                BuildError::Internal("this driver cannot keep a sandbox's writes".to_owned())
-            })?;
-            let store = Arc::clone(&self.templates.layers);
-            tokio::task::spawn_blocking(move || keep_writes(&upper, &store))
-                .await
-                .map_err(|e| BuildError::Internal(e.to_string()))?
-        }
-        .await;
-        if let Err(error) = self.backend.delete(&id).await {
-            tracing::warn!(%error, sandbox = id, "a build sandbox could not be deleted");
-        }
-        result
-    }
-
-    /// Starts a sandbox of the finished template: its start command runs and its ready
-    /// command succeeds, or the build fails.
-    async fn check_start(
-        &self,
-        template_id: &str,
-        build_id: &str,
-        record: &ImageRecord,
-    ) -> Result<(), BuildError> {
-        let context = Context {
-            user: record.user.clone().unwrap_or_else(|| "user".to_owned()),
-            workdir: record.workdir.clone(),
-            env: Vec::new(),
-        };
-        let image = self.image(template_id, build_id, record, &context);
-        let sandbox = self
-            .backend
-            .create(self.request(image, build_id))
-            .await
-            .map_err(|e| BuildError::Step(format!("the start command: {e}")))?;
-        if let Err(error) = self.backend.delete(sandbox.sandbox_id()).await {
-            tracing::warn!(%error, "a build sandbox could not be deleted");
-        }
-        Ok(())
-    }
-}
-
-/// The upper `upper` as a layer of `store` (through a file in the store's scratch space).
-fn keep_writes(upper: &Path, store: &firkin_image::LayerStore) -> Result<Digest, BuildError> {
-    let scratch = store.scratch_path("step");
-    let file = std::fs::File::create(&scratch).map_err(|e| BuildError::Internal(e.to_string()))?;
-    let written = firkin_image::export::upper_to_tar(
-        upper,
-        store.ids(),
-        &PER_SANDBOX_FILES,
-        std::io::BufWriter::new(file),
-    );
-    let layer = written
-        .map_err(|e| BuildError::Internal(format!("export the step's writes: {e}")))
-        .and_then(|_| {
-            let file =
-                std::fs::File::open(&scratch).map_err(|e| BuildError::Internal(e.to_string()))?;
-            store
-                .unpack(std::io::BufReader::new(file), Expected::default())
-                .map_err(|e| BuildError::Step(format!("the step's layer: {e}")))
-        });
-    let _ = std::fs::remove_file(&scratch);
-    Ok(layer?.diff_id)
-}
-
-/// `text` as one shell word.
-fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -743,12 +405,6 @@ fn step_key(parent: &str, step: &Step, context: &Context) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_quoted_word_stays_one_word() {
-        assert_eq!(quote("/app"), "'/app'");
-        assert_eq!(quote("it's"), r"'it'\''s'");
-    }
 
     #[test]
     fn workdirs_resolve_against_the_last_one() {

@@ -25,11 +25,15 @@ pub mod dockerfile;
 mod engine;
 mod envd;
 mod held;
+mod run;
 pub mod spec;
+mod uploads;
 
 pub use dockerfile::{Dockerfile, Instruction};
-pub use engine::{BUILD_METADATA, Builder, MAX_UPLOAD_BYTES};
+pub use engine::Builder;
+pub use run::BUILD_METADATA;
 pub use spec::{BuildStart, Step};
+pub use uploads::MAX_UPLOAD_BYTES;
 
 /// Why a build request or a build failed.
 #[derive(Debug, thiserror::Error)]

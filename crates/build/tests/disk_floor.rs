@@ -61,6 +61,7 @@ mod tests {
             backend,
             uploads.clone(),
             PullOptions::default(),
+            None,
         );
         // A layer a ready build uses, and one nothing uses.
         let layer = |name: &str| {
@@ -95,6 +96,7 @@ mod tests {
                     ready_cmd: None,
                     user: None,
                     workdir: None,
+                    on_base: false,
                 }),
             )
             .unwrap();

@@ -28,6 +28,8 @@ pub(crate) struct FileConfig {
     pub(crate) warm_pool_max: Option<usize>,
     pub(crate) warm_pool_per_template: Option<usize>,
     pub(crate) warm_templates: Option<usize>,
+    #[serde(default, deserialize_with = "pool_sizes")]
+    pub(crate) warm_pool_template: Option<Vec<(String, usize)>>,
     pub(crate) insecure_registry: Option<Vec<String>>,
     #[serde(default, deserialize_with = "slot_range")]
     pub(crate) slot_range: Option<firkin_linux::net::Ipv4Net>,
@@ -99,6 +101,17 @@ fn private_ranges<'de, D: serde::Deserializer<'de>>(
 }
 
 /// `slot-range = "10.200.0.0/16"`, checked as the flag is.
+/// `warm-pool-template = ["name=3"]`, each checked as the flag's.
+fn pool_sizes<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<(String, usize)>>, D::Error> {
+    <Vec<String> as serde::Deserialize>::deserialize(deserializer)?
+        .iter()
+        .map(|text| crate::serve::parse_pool_size(text).map_err(serde::de::Error::custom))
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
 fn slot_range<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<firkin_linux::net::Ipv4Net>, D::Error> {

@@ -51,6 +51,16 @@ pub(crate) struct ServeArgs {
     /// on (its start command running, its ready command passed); 0: none.
     #[arg(long, env = "FIRKIN_WARM_POOL_PER_TEMPLATE", default_value_t = 1)]
     warm_pool_per_template: usize,
+    /// `NAME=N`: the template NAME keeps N sandboxes started ahead instead (0: none);
+    /// repeatable, or comma-separated.
+    #[arg(
+        long,
+        env = "FIRKIN_WARM_POOL_TEMPLATE",
+        value_delimiter = ',',
+        value_name = "NAME=N",
+        value_parser = parse_pool_size
+    )]
+    warm_pool_template: Vec<(String, usize)>,
     /// How many templates other than base keep warm sandboxes at once (the most recently
     /// used ones).
     #[arg(long, env = "FIRKIN_WARM_TEMPLATES", default_value_t = 4)]
@@ -102,6 +112,18 @@ pub(crate) fn at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
+/// `NAME=N` of `--warm-pool-template`.
+pub(crate) fn parse_pool_size(text: &str) -> Result<(String, usize), String> {
+    let (name, size) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=N"))?;
+    let size = size
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: {size:?} is not a number of sandboxes"))?;
+    Ok((name.trim().to_lowercase(), size))
+}
+
 /// One `--egress-allow-private` CIDR, checked as the driver would.
 fn parse_private_range(text: &str) -> Result<firkin_linux::net::Ipv4Net, String> {
     firkin_linux::net::egress::parse_opt_in(text).map_err(|e| e.to_string())
@@ -140,6 +162,13 @@ impl ServeArgs {
             .filter(|_| unset("warm_pool_per_template"))
         {
             self.warm_pool_per_template = per;
+        }
+        if let Some(sizes) = file
+            .warm_pool_template
+            .clone()
+            .filter(|_| unset("warm_pool_template"))
+        {
+            self.warm_pool_template = sizes;
         }
         if let Some(count) = file.warm_templates.filter(|_| unset("warm_templates")) {
             self.warm_templates = count;
@@ -244,6 +273,7 @@ async fn serve(
     driver_config.warm_pool_max = args.warm_pool_max;
     driver_config.warm_pool_per_template = args.warm_pool_per_template;
     driver_config.warm_templates = args.warm_templates;
+    driver_config.warm_pool_of = args.warm_pool_template.iter().cloned().collect();
     let scheduler = args.capacity.scheduler();
     driver_config.warm_pool_min_available_memory = scheduler.min_available_memory_bytes;
     driver_config.disk_size_mb = args.disk_size_mb;
@@ -302,6 +332,8 @@ async fn serve(
         backend.clone(),
         state_dir.join("images/uploads"),
         pull,
+        // The driver's `base` (NamespaceDriver builds it there).
+        Some(state_dir.join("templates/base/rootfs")),
     );
     let (interrupted, orphans) = builder.clean_up_interrupted().await?;
     if interrupted + orphans > 0 {
@@ -420,6 +452,28 @@ mod tests {
 
     fn texts(ranges: &[firkin_linux::net::Ipv4Net]) -> Vec<String> {
         ranges.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn warm_pool_template_takes_sizes_by_name_from_the_flag_or_the_file() {
+        let (args, _) = parse(&["serve", "--warm-pool-template", "Py=3,node=0"]).unwrap();
+        assert_eq!(
+            args.warm_pool_template,
+            [("py".to_owned(), 3), ("node".to_owned(), 0)]
+        );
+        for bad in ["py", "py=many"] {
+            let error = parse(&["serve", "--warm-pool-template", bad]).unwrap_err();
+            assert!(error.to_string().contains(bad), "{error}");
+        }
+        let (mut args, matches) = parse(&["serve"]).unwrap();
+        args.apply_file(
+            crate::config_file::FileConfig {
+                warm_pool_template: Some(vec![("app".to_owned(), 2)]),
+                ..Default::default()
+            },
+            &matches,
+        );
+        assert_eq!(args.warm_pool_template, [("app".to_owned(), 2)]);
     }
 
     #[test]

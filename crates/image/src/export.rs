@@ -31,8 +31,53 @@ pub fn upper_to_tar(
     skip: &[&str],
     out: impl Write,
 ) -> std::io::Result<usize> {
+    uppers_to_tar(&[(upper.to_owned(), PathBuf::new())], ids, skip, out)
+}
+
+/// Writes several uppers as one layer: each `(dir, at)` is the upper of what the sandbox
+/// mounted at `at` (`""` for its root, `usr` for a `/usr` overlay of its own); an upper at
+/// `at` that holds nothing is left out. `skip` names paths of the whole layer.
+///
+/// # Errors
+///
+/// As [`upper_to_tar`].
+pub fn uppers_to_tar(
+    parts: &[(PathBuf, PathBuf)],
+    ids: IdShift,
+    skip: &[&str],
+    out: impl Write,
+) -> std::io::Result<usize> {
     let mut tar = tar::Builder::new(out);
     tar.follow_symlinks(false);
+    let mut count = 0;
+    for (upper, at) in parts {
+        if !at.as_os_str().is_empty() {
+            if std::fs::read_dir(upper)?.next().is_none() {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(upper)?;
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            header.set_mode(meta.mode() & 0o7777);
+            header.set_uid(u64::from(unshift(ids, meta.uid())));
+            header.set_gid(u64::from(unshift(ids, meta.gid())));
+            tar.append_data(&mut header, at, std::io::empty())?;
+        }
+        count += walk(&mut tar, upper, at, ids, skip)?;
+    }
+    tar.finish()?;
+    Ok(count)
+}
+
+/// Appends what is under `upper` to `tar`, named below `at`; how many entries.
+fn walk(
+    tar: &mut tar::Builder<impl Write>,
+    upper: &Path,
+    at: &Path,
+    ids: IdShift,
+    skip: &[&str],
+) -> std::io::Result<usize> {
     let device = std::fs::symlink_metadata(upper)?.dev();
     let mut count = 0;
     let mut pending: Vec<PathBuf> = vec![PathBuf::new()];
@@ -42,7 +87,8 @@ pub fn upper_to_tar(
         entries.sort_by_key(std::fs::DirEntry::file_name);
         for entry in entries {
             let path = relative.join(entry.file_name());
-            if skip.iter().any(|s| Path::new(s) == path) {
+            let named = at.join(&path);
+            if skip.iter().any(|s| Path::new(s) == named) {
                 continue;
             }
             let meta = entry.metadata()?;
@@ -56,36 +102,36 @@ pub fn upper_to_tar(
                 let name = format!(".wh.{}", entry.file_name().to_string_lossy());
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(0);
-                tar.append_data(&mut header, relative.join(name), std::io::empty())?;
+                tar.append_data(&mut header, at.join(&relative).join(name), std::io::empty())?;
             } else if kind.is_dir() {
                 if meta.dev() != device {
                     continue;
                 }
                 header.set_entry_type(tar::EntryType::Directory);
                 header.set_size(0);
-                tar.append_data(&mut header, &path, std::io::empty())?;
+                tar.append_data(&mut header, &named, std::io::empty())?;
                 if is_opaque(&upper.join(&path)) {
                     let mut marker = tar::Header::new_gnu();
                     marker.set_entry_type(tar::EntryType::Regular);
                     marker.set_size(0);
                     marker.set_mode(0o644);
-                    tar.append_data(&mut marker, path.join(".wh..wh..opq"), std::io::empty())?;
+                    tar.append_data(&mut marker, named.join(".wh..wh..opq"), std::io::empty())?;
                 }
                 pending.push(path);
             } else if kind.is_symlink() {
                 header.set_entry_type(tar::EntryType::Symlink);
                 header.set_size(0);
                 let target = std::fs::read_link(upper.join(&path))?;
-                tar.append_link(&mut header, &path, target)?;
+                tar.append_link(&mut header, &named, target)?;
             } else if kind.is_file() {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(meta.len());
                 let file = std::fs::File::open(upper.join(&path))?;
-                tar.append_data(&mut header, &path, file)?;
+                tar.append_data(&mut header, &named, file)?;
             } else if kind.is_fifo() {
                 header.set_entry_type(tar::EntryType::Fifo);
                 header.set_size(0);
-                tar.append_data(&mut header, &path, std::io::empty())?;
+                tar.append_data(&mut header, &named, std::io::empty())?;
             } else {
                 // Sockets and device nodes: nothing a layer may carry.
                 continue;
@@ -93,7 +139,6 @@ pub fn upper_to_tar(
             count += 1;
         }
     }
-    tar.finish()?;
     Ok(count)
 }
 

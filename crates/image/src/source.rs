@@ -49,6 +49,7 @@ impl TemplateSource for Templates {
             workdir: image.workdir,
             start_cmd: image.start_cmd,
             ready_cmd: image.ready_cmd,
+            on_base: image.on_base,
             keep_warm: true,
         })
     }

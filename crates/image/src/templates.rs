@@ -222,6 +222,7 @@ impl Templates {
                 ready_cmd: None,
                 user: Some(crate::provision::USER.to_owned()),
                 workdir: None,
+                on_base: false,
             },
         ))
     }

@@ -19,6 +19,7 @@ mod tests {
             ready_cmd: None,
             user: Some("user".into()),
             workdir: None,
+            on_base: false,
         }
     }
 

@@ -498,6 +498,7 @@ fn bench_image(state_dir: &Path) -> BenchResult<TemplateImage> {
         start_cmd: None,
         ready_cmd: None,
         keep_warm: true,
+        on_base: false,
     })
 }
 
@@ -753,6 +754,7 @@ fn phases(
                             dir.join("layers").join(&layer).join("work"),
                         )
                     }),
+                    extra_lowers: Vec::new(),
                 }
             })
             .collect();

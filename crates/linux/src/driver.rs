@@ -84,6 +84,9 @@ pub struct NamespaceConfig {
     /// How many sandboxes each template from an image keeps started ahead (its pool's
     /// floor; it grows with demand up to `warm_pool_max`, as `base`'s); 0: none.
     pub warm_pool_per_template: usize,
+    /// The same for the templates named here (by name), instead; 0 keeps none of that
+    /// template.
+    pub warm_pool_of: HashMap<String, usize>,
     /// How many templates from images keep a warm pool at once (the most recently used).
     pub warm_templates: usize,
     /// Sandbox directories, disks mounted, made ahead for creates that find the warm pool
@@ -139,6 +142,7 @@ impl NamespaceConfig {
             warm_pool_max: DEFAULT_WARM_POOL_MAX,
             warm_pool_idle: Duration::from_secs(60),
             warm_pool_per_template: 1,
+            warm_pool_of: HashMap::new(),
             warm_templates: 4,
             prepared_dirs: 2,
             warm_pool_min_available_memory: 0,
@@ -229,8 +233,11 @@ impl NamespaceDriver {
             .await
             .map_err(launch_failed)?;
         let (warm_floor, warm_ceiling) = (config.warm_pool, config.warm_pool_max);
-        let (template_floor, warm_templates) =
-            (config.warm_pool_per_template, config.warm_templates);
+        let (template_floor, warm_templates, floors) = (
+            config.warm_pool_per_template,
+            config.warm_templates,
+            config.warm_pool_of.clone(),
+        );
         // Without disks a directory is made in well under a millisecond: nothing to gain.
         let prepared_dirs = if disks.size_bytes().is_some() {
             config.prepared_dirs
@@ -252,7 +259,8 @@ impl NamespaceDriver {
             template_pools: TemplatePools::new(
                 Arc::clone(&core),
                 template_floor,
-                warm_ceiling.max(template_floor),
+                floors,
+                warm_ceiling,
                 warm_templates,
             ),
             prepared: PreparedDirs::start(Arc::clone(&core), prepared_dirs),
@@ -377,6 +385,7 @@ impl Core {
                             dir.join("layers").join(&name).join("work"),
                         )
                     }),
+                    extra_lowers: Vec::new(),
                 }
             })
             .collect()
@@ -443,8 +452,26 @@ impl Core {
         let child_oom_score_adj = crate::sandbox::spawn::envd_oom_protection()
             .child_oom_score_adj()
             .to_string();
-        // `base`: its generated layer under the host's /usr; an image: its layers alone.
+        // `base`: its generated layer under the host's /usr; an image: its layers alone; a
+        // template built on `base`: its layers over `base`'s, and what they have under a
+        // host layer's target (`usr/`) stacked into that layer's overlay.
         let (lower_dirs, layers) = match image {
+            Some(image) if image.on_base => {
+                let mut lowers: Vec<PathBuf> = image.layers.iter().rev().cloned().collect();
+                lowers.push(self.template.rootfs());
+                let mut layers = self.layers(&dir);
+                for layer in layers.iter_mut().filter(|l| l.overlay.is_some()) {
+                    let inside = layer.target.strip_prefix("/").unwrap_or(&layer.target);
+                    layer.extra_lowers = image
+                        .layers
+                        .iter()
+                        .rev()
+                        .map(|l| l.join(inside))
+                        .filter(|l| l.is_dir())
+                        .collect();
+                }
+                (lowers, layers)
+            }
             Some(image) => (image.layers.iter().rev().cloned().collect(), vec![]),
             None => (vec![self.template.rootfs()], self.layers(&dir)),
         };
@@ -975,9 +1002,21 @@ impl RuntimeDriver for NamespaceDriver {
         warm.and(slots)
     }
 
-    fn writes_dir(&self, sandbox_id: &str) -> Option<PathBuf> {
-        self.live_handle(sandbox_id)
-            .map(|handle| handle.dir.join("upper"))
+    fn writes_dirs(&self, sandbox_id: &str) -> Vec<(PathBuf, PathBuf)> {
+        let Some(handle) = self.live_handle(sandbox_id) else {
+            return Vec::new();
+        };
+        // The root's upper, and the upper of each host layer it may write through.
+        let mut dirs = vec![(handle.dir.join("upper"), PathBuf::new())];
+        for layer in self.core.layers(&handle.dir) {
+            if let Some((upper, _)) = layer.overlay
+                && upper.is_dir()
+            {
+                let inside = layer.target.strip_prefix("/").unwrap_or(&layer.target);
+                dirs.push((upper, inside.to_owned()));
+            }
+        }
+        dirs
     }
 
     fn pools(&self) -> RuntimePools {

@@ -6,7 +6,7 @@
 //! pool: the one used least recently loses its pool when another needs one, and a rebuilt
 //! template (a new build) gets a new pool while the old one ages out the same way.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use firkin_single_node::{Result, TemplateImage};
@@ -19,20 +19,29 @@ use crate::warm::WarmPool;
 pub(crate) struct TemplatePools {
     core: Arc<Core>,
     floor: usize,
+    /// Floors of the templates named, instead of `floor`.
+    floors: HashMap<String, usize>,
     ceiling: usize,
     capacity: usize,
     pools: Mutex<VecDeque<(String, Arc<WarmPool>)>>,
 }
 
 impl TemplatePools {
-    /// Pools of `floor` to `ceiling` sandboxes for at most `capacity` templates (none when
-    /// either `floor` or `capacity` is 0).
-    pub(crate) fn new(core: Arc<Core>, floor: usize, ceiling: usize, capacity: usize) -> Self {
+    /// Pools of `floor` (or the template's own in `floors`, by name) to `ceiling` sandboxes,
+    /// for at most `capacity` templates.
+    pub(crate) fn new(
+        core: Arc<Core>,
+        floor: usize,
+        floors: HashMap<String, usize>,
+        ceiling: usize,
+        capacity: usize,
+    ) -> Self {
         Self {
             core,
             floor,
+            floors,
             ceiling,
-            capacity: if floor == 0 { 0 } else { capacity },
+            capacity,
             pools: Mutex::new(VecDeque::new()),
         }
     }
@@ -48,7 +57,8 @@ impl TemplatePools {
     /// The pool that falls beyond the capacity is shut down in the background.
     /// None for an image that is not to be kept warm (a build's step).
     pub(crate) fn pool(&self, image: &TemplateImage) -> Option<Arc<WarmPool>> {
-        if self.capacity == 0 || !image.keep_warm {
+        let floor = self.floors.get(&image.name).copied().unwrap_or(self.floor);
+        if self.capacity == 0 || floor == 0 || !image.keep_warm {
             return None;
         }
         let mut pools = self.lock();
@@ -57,8 +67,8 @@ impl TemplatePools {
             None => Arc::new(WarmPool::start(
                 Arc::clone(&self.core),
                 Some(image.clone()),
-                self.floor,
-                self.ceiling,
+                floor,
+                self.ceiling.max(floor),
             )),
         };
         pools.push_front((image.build_id.clone(), Arc::clone(&pool)));

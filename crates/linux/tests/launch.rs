@@ -156,6 +156,7 @@ mod tests {
                 source: PathBuf::from("/usr"),
                 target: PathBuf::from("/usr"),
                 overlay: None,
+                extra_lowers: Vec::new(),
             }],
             envd_binary: envd,
             envd_args: ["--listen", "0.0.0.0:49983", "--default-user", "root"]

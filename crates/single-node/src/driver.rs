@@ -99,11 +99,12 @@ pub trait RuntimeDriver: Send + Sync + std::fmt::Debug + 'static {
         Ok(None)
     }
 
-    /// The directory holding what a live sandbox wrote to its root file system (an overlay
-    /// upper, with overlay whiteouts), for builds that keep it as a layer; read it only while
-    /// the sandbox is paused. `None` when the driver has no such directory.
-    fn writes_dir(&self, _sandbox_id: &str) -> Option<std::path::PathBuf> {
-        None
+    /// The directories holding what a live sandbox wrote (overlay uppers, with overlay
+    /// whiteouts), each with where it is mounted inside the sandbox (`""` for the root, `usr`
+    /// for a `/usr` of its own), for builds that keep them as a layer; read them only while
+    /// the sandbox is paused. Empty when the driver has none.
+    fn writes_dirs(&self, _sandbox_id: &str) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
+        Vec::new()
     }
 
     /// What the driver keeps ready for sandboxes to come (nothing, unless it pools).

@@ -35,6 +35,10 @@ pub struct TemplateImage {
     pub start_cmd: Option<String>,
     /// Run until it succeeds before a create answers (with a start command).
     pub ready_cmd: Option<String>,
+    /// Whether its layers go on the driver's built-in `base` (a template built from
+    /// `from_template("base")`): `base`'s own layer below them, the host's `/usr` above, with
+    /// what the layers have under `usr/` stacked into that `/usr`.
+    pub on_base: bool,
     /// Whether the driver may keep sandboxes of it started ahead: yes for a catalog's
     /// template, whose build never changes; no for a build's own sandboxes, whose layers
     /// change from step to step.

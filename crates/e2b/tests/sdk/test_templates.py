@@ -367,3 +367,35 @@ def test_a_build_over_the_tls_listener_uploads_its_files_over_tls(
     assert built.returncode == 0 and built.stdout.strip() == "built", built.stderr[-3000:]
     sbx = make_sandbox(template=name)
     assert sbx.files.read("/home/user/over-tls.txt") == "uploaded over tls\n"
+
+
+def test_the_template_sdk_builds_on_base_and_its_writes_under_usr_stay_in_the_template(
+    make_sandbox, run_id, tmp_path
+):
+    import pathlib
+
+    from e2b import Template
+
+    (tmp_path / "notes.txt").write_text("on base\n")
+    marker = f"/usr/local/share/firkin-test-{run_id}"
+    template = (
+        Template(file_context_path=str(tmp_path))
+        .from_template("base")
+        .copy("notes.txt", "notes.txt")
+        .run_cmd("echo built > built.txt && whoami > by.txt")
+        .run_cmd(f"mkdir -p {marker} && echo usr-layer > {marker}/x", user="root")
+    )
+    name = f"on-base-{run_id}"
+    Template.build(template, name)
+    sbx = make_sandbox(template=name)
+    assert sbx.files.read("/home/user/notes.txt") == "on base\n"
+    assert sbx.files.read("/home/user/built.txt") == "built\n"
+    assert sbx.files.read("/home/user/by.txt") == "user\n"
+    # What a step wrote under /usr is the template's, stacked into the sandbox's /usr over
+    # the host's (still idmapped: sudo works, python3 runs).
+    assert sbx.files.read(f"{marker}/x") == "usr-layer\n"
+    assert sbx.commands.run("sudo -n whoami").stdout.strip() == "root"
+    assert sbx.commands.run("python3 -c 'print(6 * 7)'").stdout == "42\n"
+    # ...and neither the host's nor a base sandbox's.
+    assert not pathlib.Path(marker).exists()
+    assert not make_sandbox().files.exists(f"{marker}/x")

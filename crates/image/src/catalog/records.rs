@@ -21,6 +21,10 @@ pub struct ImageRecord {
     /// The build's final working directory: envd's default (`None`: the user's home).
     #[serde(default)]
     pub workdir: Option<String>,
+    /// Whether the layers go on the built-in `base` (see
+    /// [`firkin_single_node::TemplateImage::on_base`]).
+    #[serde(default)]
+    pub on_base: bool,
 }
 
 /// A build's state.

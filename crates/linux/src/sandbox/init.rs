@@ -236,7 +236,14 @@ fn mount_root(spec: &InitSpec) -> io::Result<()> {
         let target = inside(&spec.root_dir, &layer.target);
         match &layer.overlay {
             Some((upper, work)) => {
-                mount_overlay(&layer.source.display().to_string(), upper, work, &target)?;
+                let lower = layer
+                    .extra_lowers
+                    .iter()
+                    .chain(std::iter::once(&layer.source))
+                    .map(|dir| dir.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":");
+                mount_overlay(&lower, upper, work, &target)?;
             }
             None => {
                 rustix::mount::mount_bind_recursive(&layer.source, &target).map_err(mount_err(

@@ -57,6 +57,10 @@ pub struct LayerMount {
     /// The sandbox's private upper and work directories when it may write there (an overlay
     /// with `source` as its lower layer); `None` binds `source` read-only.
     pub overlay: Option<(PathBuf, PathBuf)>,
+    /// More lower layers above `source`, topmost first (a template's own files under this
+    /// target); only with `overlay`.
+    #[serde(default)]
+    pub extra_lowers: Vec<PathBuf>,
 }
 
 impl InitSpec {

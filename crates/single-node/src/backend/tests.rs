@@ -861,6 +861,7 @@ impl crate::TemplateSource for OneTemplate {
             start_cmd: None,
             ready_cmd: None,
             keep_warm: true,
+            on_base: false,
         })
     }
 }
