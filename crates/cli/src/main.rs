@@ -61,7 +61,8 @@ enum Command {
         #[command(flatten)]
         args: Box<serve::ServeArgs>,
     },
-    /// Bring images in as templates (pull, import), list, remove and prune them.
+    /// Bring images in as templates (pull, import, or a Dockerfile built by the daemon), tag,
+    /// list, remove and prune them.
     Template {
         /// State directory (default: /var/lib/firkin for root, else $XDG_STATE_HOME/firkin).
         #[arg(long, env = "FIRKIN_STATE_DIR", global = true)]

@@ -4,24 +4,17 @@
 //! leaves no half-made layer in the image store. Needs root, the static envd
 //! (`scripts/build-envd`) and Debian's static busybox (scripts/setup installs both).
 
+mod common;
+
 #[cfg(test)]
 mod tests {
-    use std::io::{BufRead, BufReader};
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
+    use std::process::{Child, Command};
     use std::time::{Duration, Instant};
 
-    use serde_json::{Value, json};
+    use super::common::{self, envd};
 
-    fn envd() -> PathBuf {
-        std::env::var_os("FIRKIN_ENVD_BIN").map_or_else(
-            || {
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../target/x86_64-unknown-linux-gnu/envd/firkin-envd")
-            },
-            PathBuf::from,
-        )
-    }
+    use serde_json::{Value, json};
 
     /// The daemon; killed (SIGTERM, then waited for) on drop.
     struct Daemon {
@@ -41,27 +34,20 @@ mod tests {
     }
 
     fn start_daemon(state: &Path, port: u16) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_firkin"))
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(state)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--envd-bin")
-            .arg(envd())
-            .args(["--warm-pool", "0", "--warm-pool-per-template", "0"])
-            .args(["--slot-range", "10.217.0.0/16", "--disk-size-mb", "0"])
-            .env_remove("FIRKIN_API_KEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|line| line.starts_with("export E2B_API_URL="));
-        assert!(ready, "the daemon did not start");
-        std::thread::spawn(move || lines.for_each(drop));
+        let child = common::serve(
+            state,
+            port,
+            &[
+                "--warm-pool",
+                "0",
+                "--warm-pool-per-template",
+                "0",
+                "--slot-range",
+                "10.217.0.0/16",
+                "--disk-size-mb",
+                "0",
+            ],
+        );
         Daemon {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -160,11 +146,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let archive = busybox_archive(dir.path());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let mut daemon = start_daemon(&state, port);
         let key = std::fs::read_to_string(state.join("api-key")).unwrap();
         let key = key.trim();

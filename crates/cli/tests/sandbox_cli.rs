@@ -3,21 +3,14 @@
 //! logs, kill; a second kill and a wrong API key fail with a `firkin:` message. Needs root
 //! and the static envd (`scripts/build-envd`); skips with a message otherwise.
 
+mod common;
+
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader};
-    use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Output, Stdio};
 
-    fn envd() -> PathBuf {
-        std::env::var_os("FIRKIN_ENVD_BIN").map_or_else(
-            || {
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../target/x86_64-unknown-linux-gnu/envd/firkin-envd")
-            },
-            PathBuf::from,
-        )
-    }
+    use super::common::{self, envd};
 
     struct Daemon {
         child: Child,
@@ -54,11 +47,7 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         // Settings from a file, under the flags: its listen address is overridden by --listen,
         // its API key and its sandbox limit are used.
         let config = state.path().join("firkin.toml");

@@ -4,23 +4,17 @@
 //! started again over the same state. Needs root, the static envd (`scripts/build-envd`),
 //! the host account `user` (scripts/setup) and `runuser`; skips with a message otherwise.
 
+mod common;
+
 #[cfg(test)]
 mod tests {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
 
-    const OTHER_USER: &str = "user";
+    use super::common::{self, envd};
 
-    fn envd() -> PathBuf {
-        std::env::var_os("FIRKIN_ENVD_BIN").map_or_else(
-            || {
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../target/x86_64-unknown-linux-gnu/envd/firkin-envd")
-            },
-            PathBuf::from,
-        )
-    }
+    const OTHER_USER: &str = "user";
 
     fn skip_reason() -> Option<String> {
         let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
@@ -84,27 +78,11 @@ mod tests {
 
     /// A daemon over `state`, returned once it listens.
     fn start_daemon(state: &Path, port: u16) -> Daemon<'_> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_firkin"))
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(state)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--envd-bin")
-            .arg(envd())
-            .args(["--warm-pool", "0", "--slot-range", "10.216.0.0/16"])
-            .env_remove("FIRKIN_API_KEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|line| line.starts_with("export E2B_API_URL="));
-        assert!(ready, "the daemon did not start");
-        // Keep draining: the daemon must never write into a closed pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        let child = common::serve(
+            state,
+            port,
+            &["--warm-pool", "0", "--slot-range", "10.216.0.0/16"],
+        );
         Daemon { child, state, port }
     }
 
@@ -193,11 +171,7 @@ mod tests {
             return firkin_test_support::skip("state privacy test", &reason);
         }
         let state = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let mut daemon = start_daemon(state.path(), port);
         let id = firkin(state.path(), port, &["create"]).trim().to_owned();
         firkin(
