@@ -108,6 +108,14 @@ mod tests {
                 && (response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.1 401"))
         }
 
+        /// A client that speaks plain HTTP to this registry (the tests push with it).
+        fn client(&self) -> oci_client::Client {
+            oci_client::Client::new(ClientConfig {
+                protocol: ClientProtocol::HttpsExcept(vec![self.address.clone()]),
+                ..ClientConfig::default()
+            })
+        }
+
         fn options(&self) -> PullOptions {
             PullOptions {
                 insecure_registries: vec![self.address.clone()],
@@ -139,10 +147,7 @@ mod tests {
             "rootfs": { "type": "layers", "diff_ids": [Digest::of(&base_tar).to_string(), Digest::of(&app_tar).to_string()] },
         });
         let reference = format!("{}/test/app:v1", registry.address);
-        let client = oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(vec![registry.address.clone()]),
-            ..ClientConfig::default()
-        });
+        let client = registry.client();
         let layer = |bytes: &[u8], media_type: &str| {
             ImageLayer::new(bytes.to_vec(), media_type.into(), None)
         };
@@ -290,10 +295,7 @@ mod tests {
         let Some(registry) = Registry::start("pull test") else {
             return;
         };
-        let client = oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(vec![registry.address.clone()]),
-            ..ClientConfig::default()
-        });
+        let client = registry.client();
         let host = firkin_image::layout::host_architecture();
         let other = if host == "arm64" { "amd64" } else { "arm64" };
         let ours_tar = tar_of(&[("etc/arch", host.as_bytes())]);
@@ -345,10 +347,7 @@ mod tests {
         let Some(registry) = Registry::start("pull test") else {
             return;
         };
-        let client = oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(vec![registry.address.clone()]),
-            ..ClientConfig::default()
-        });
+        let client = registry.client();
         let layer_tar = tar_of(&[("etc/from-docker", b"v2\n")]);
         let layer = gzip(&layer_tar);
         let config = json!({
@@ -417,10 +416,7 @@ mod tests {
             "rootfs": { "type": "layers", "diff_ids": [Digest::of(&layer_tar).to_string()] },
         });
         let reference = format!("{}/private/app:v1", registry.address);
-        let client = oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(vec![registry.address.clone()]),
-            ..ClientConfig::default()
-        });
+        let client = registry.client();
         client
             .push(
                 &reference.parse().unwrap(),
