@@ -21,6 +21,7 @@ Percentiles are nearest-rank.
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -105,6 +106,7 @@ def main():
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -559,11 +559,13 @@ describe('firkin serve through the JS e2b SDK 2.51.0', () => {
   sandboxTest('a template built with the JS Template SDK runs its steps', async ({ meta }) => {
     // The base: a busybox image imported with the daemon's own CLI (as the Python tests do).
     const base = `js-busybox-${runId}:v1`
+    const layout = busyboxLayout()
     const imported = spawnSync(
       firkinBinary(),
-      ['--json', 'template', '--state-dir', daemon.stateDir, 'import', busyboxLayout(), '--name', base],
+      ['--json', 'template', '--state-dir', daemon.stateDir, 'import', layout, '--name', base],
       { encoding: 'utf8' }
     )
+    fs.rmSync(path.dirname(layout), { recursive: true, force: true })
     assert.equal(imported.status, 0, imported.stderr)
     const name = `js-built-${runId}`
     const logs = []
