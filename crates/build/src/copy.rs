@@ -99,7 +99,7 @@ fn glob_base(source: &str) -> PathBuf {
 }
 
 /// `path` with `.` and `..` resolved lexically (never above `/`), made relative to `/`.
-fn normalize(path: &Path) -> PathBuf {
+pub(crate) fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for component in path.components() {
         match component {

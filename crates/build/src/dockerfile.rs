@@ -154,7 +154,7 @@ fn command_line(rest: &str) -> String {
                 {
                     word.clone()
                 } else {
-                    format!("'{}'", word.replace('\'', r"'\''"))
+                    crate::shell::quote(word)
                 }
             })
             .collect::<Vec<_>>()

@@ -367,18 +367,10 @@ fn hex(bytes: &[u8]) -> String {
 
 /// `dir` against `base` (`/` when none was set), as WORKDIR resolves it.
 fn absolute(base: &str, dir: &str) -> String {
-    let joined = Path::new(base).join(dir);
-    let mut out = PathBuf::from("/");
-    for component in joined.components() {
-        match component {
-            std::path::Component::Normal(name) => out.push(name),
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out.display().to_string()
+    format!(
+        "/{}",
+        crate::copy::normalize(&Path::new(base).join(dir)).display()
+    )
 }
 
 fn layers_key(layers: &[Digest]) -> String {

@@ -26,6 +26,7 @@ mod engine;
 mod envd;
 mod held;
 mod run;
+mod shell;
 pub mod spec;
 mod uploads;
 

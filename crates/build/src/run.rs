@@ -13,6 +13,7 @@ use firkin_single_node::{SingleNodeCreateRequest, TemplateImage};
 
 use crate::copy::{CopyInto, copy_layer};
 use crate::engine::{Builder, Context, StepAt};
+use crate::shell::quote;
 use crate::spec::Step;
 use crate::{BuildError, envd};
 
@@ -281,20 +282,4 @@ fn keep_writes(
         });
     let _ = std::fs::remove_file(&scratch);
     Ok(layer?.diff_id)
-}
-
-/// `text` as one shell word.
-fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_quoted_word_stays_one_word() {
-        assert_eq!(quote("/app"), "'/app'");
-        assert_eq!(quote("it's"), r"'it'\''s'");
-    }
 }

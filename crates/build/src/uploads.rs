@@ -33,13 +33,7 @@ impl Builder {
                 "files hash {hash:?} is not 64 lowercase hex digits"
             )));
         }
-        if !self
-            .templates
-            .catalog
-            .list()?
-            .iter()
-            .any(|t| t.template_id == template_id)
-        {
+        if self.templates.catalog.find(template_id)?.is_none() {
             return Err(BuildError::NotFound(format!(
                 "template '{template_id}' not found"
             )));

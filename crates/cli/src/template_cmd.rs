@@ -235,18 +235,12 @@ fn refuse_if_in_use(
     templates: &Templates,
     name: &str,
 ) -> anyhow::Result<()> {
-    let identifier = name.split(':').next().unwrap_or(name).trim().to_lowercase();
-    let Some(template) = templates
-        .catalog
-        .list()?
-        .into_iter()
-        .find(|t| t.name == identifier || t.template_id == identifier)
-    else {
+    let Some(template_id) = templates.catalog.find(name)? else {
         return Ok(());
     };
     if let Some(user) = active
         .iter()
-        .find(|record| record.template_id == template.template_id)
+        .find(|record| record.template_id == template_id)
     {
         anyhow::bail!(
             "template {name} is in use by sandbox {} ({}); kill its sandboxes first",

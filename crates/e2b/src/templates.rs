@@ -245,17 +245,13 @@ pub(crate) async fn alias(State(state): Shared, Path(alias): Path<String>) -> Ap
         );
     }
     let builder = builder(&state)?;
-    let found = builder
+    match builder
         .templates()
         .catalog
-        .list()
+        .find(&alias)
         .map_err(catalog_error)?
-        .into_iter()
-        .find(|t| t.name == alias.trim().to_lowercase() || t.template_id == alias);
-    match found {
-        Some(t) => {
-            Ok(axum::Json(json!({ "templateID": t.template_id, "public": false })).into_response())
-        }
+    {
+        Some(id) => Ok(axum::Json(json!({ "templateID": id, "public": false })).into_response()),
         None => Err(ApiError::not_found(format!("template '{alias}' not found"))),
     }
 }
@@ -302,18 +298,15 @@ pub(crate) async fn list(State(state): Shared) -> ApiResult<Response> {
 pub(crate) async fn delete(State(state): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let builder = builder(&state)?;
     let catalog = &builder.templates().catalog;
-    let name = id.split(':').next().unwrap_or(&id).trim().to_lowercase();
-    let template = catalog
-        .list()
+    let template_id = catalog
+        .find(&id)
         .map_err(catalog_error)?
-        .into_iter()
-        .find(|t| t.name == name || t.template_id == name)
         .ok_or_else(|| ApiError::not_found(format!("template '{id}' not found")))?;
     let users = state
         .backend
         .list(&ListQuery {
             states: vec![SandboxState::Running, SandboxState::Paused],
-            template_id: Some(template.template_id.clone()),
+            template_id: Some(template_id.clone()),
             limit: Some(1),
             ..ListQuery::default()
         })
@@ -324,9 +317,7 @@ pub(crate) async fn delete(State(state): Shared, Path(id): Path<String>) -> ApiR
             user.sandbox_id()
         )));
     }
-    catalog
-        .delete(&template.template_id)
-        .map_err(catalog_error)?;
+    catalog.delete(&template_id).map_err(catalog_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

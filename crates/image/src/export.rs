@@ -149,7 +149,8 @@ pub(crate) fn unshift(ids: IdShift, id: u32) -> u32 {
         .unwrap_or(IdShift::NOBODY)
 }
 
-fn is_opaque(dir: &Path) -> bool {
+/// Whether the overlay directory `dir` is opaque (hides what lower layers have there).
+pub(crate) fn is_opaque(dir: &Path) -> bool {
     OPAQUE_XATTRS.iter().any(|name| {
         let mut value = [0_u8; 4];
         rustix::fs::lgetxattr(dir, *name, &mut value).is_ok_and(|len| value[..len] == *b"y")

@@ -182,7 +182,7 @@ impl ImageView<'_> {
                 .ancestors()
                 .skip(1)
                 .filter(|parent| !parent.as_os_str().is_empty())
-                .any(|parent| is_opaque(&layer.join(parent)));
+                .any(|parent| crate::export::is_opaque(&layer.join(parent)));
             if hidden_below {
                 return None;
             }
@@ -217,10 +217,6 @@ impl ImageView<'_> {
 
 fn meta_rdev(meta: &std::fs::Metadata) -> u64 {
     std::os::unix::fs::MetadataExt::rdev(meta)
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    rustix::fs::lgetxattr(dir, "user.overlay.opaque", &mut [0u8; 4]).is_ok()
 }
 
 /// Whether the `name:`-keyed file `text` (passwd, group) has `name`.

@@ -348,6 +348,23 @@ impl Catalog {
         })
     }
 
+    /// The id of the template `reference` names by its name or its id (a tag in it is
+    /// ignored, as E2B's delete ignores it); `None` for no such template or a malformed name.
+    ///
+    /// # Errors
+    ///
+    /// The database failed.
+    pub fn find(&self, reference: &str) -> Result<Option<String>> {
+        let Ok(parsed) = parse_reference(reference) else {
+            return Ok(None);
+        };
+        match self.template(&parsed.identifier) {
+            Ok((id, _)) => Ok(Some(id)),
+            Err(CatalogError::NotFound(_)) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     /// (id, name) of the template named, or with the id, `identifier`.
     fn template(&self, identifier: &str) -> Result<(String, String)> {
         self.db()
