@@ -1,5 +1,6 @@
 //! `NamespaceDriver`: the `RuntimeDriver` that makes each sandbox a set of namespaces with an
-//! overlay root over the `base` template, a cgroup, a network slot and envd as PID 1.
+//! overlay root over its template (`base`, or the layers of a template from an image, see
+//! `start`), a cgroup, a network slot and envd as PID 1.
 //!
 //! Create, in order (each step undone if a later one fails): the sandbox's directory on a
 //! disk of its own (see [`crate::disk`]) with its overlay upper and work directories, its own
